@@ -1,0 +1,77 @@
+# Parley — every entry point a user or CI needs. `make run` and `make test` work on a bare machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+HOST ?= 127.0.0.1
+PORT ?= 50051
+VENV := .venv
+PY := $(VENV)/bin/python
+PARLEY := $(VENV)/bin/parley
+SETUP_STAMP := $(VENV)/.parley-setup
+PROTOS := $(sort $(wildcard proto/parley/v1/*.proto))
+STUBS_STAMP := client/python/parley/.generated
+TOOLS := .tools
+BUF := $(TOOLS)/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+PYTEST_ARGS ?=
+
+.PHONY: help setup proto model run test lint typecheck buf-lint pytest bench bench-quick clean
+
+help:
+	@echo "make run    set up, prepare the default model, serve it on $(HOST):$(PORT) (PORT=N for another)"
+	@echo "make test   set up, prepare the default model, run lint, type checks and every test"
+	@echo "make model  prepare the default model into models/store/smollm2-135m-instruct/"
+	@echo "make bench  benchmarks side by side with llama.cpp (bench/results/)"
+
+# --- set-up --------------------------------------------------------------------------------------
+$(SETUP_STAMP): pyproject.toml client/python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]' -e client/python
+	touch $@
+
+# Python stubs are generated from the .proto files, never edited by hand (client/python/parley/ is ignored).
+$(STUBS_STAMP): $(PROTOS) client/python/generate_stubs.py $(SETUP_STAMP)
+	$(PY) client/python/generate_stubs.py --proto-root proto --out client/python
+	touch $@
+
+setup: $(SETUP_STAMP) $(STUBS_STAMP)
+
+proto: setup
+
+model: setup
+	$(PARLEY) prepare
+
+run: model
+	$(PARLEY) serve --host $(HOST) --port $(PORT)
+
+# --- checks --------------------------------------------------------------------------------------
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+buf-lint: $(BUF)
+	$(BUF) lint proto
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: model
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: setup model buf-lint lint typecheck pytest
+
+# --- benchmarks ----------------------------------------------------------------------------------
+bench: model
+	$(PY) -m bench.run
+
+bench-quick: model
+	$(PY) -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) $(TOOLS) client/python/parley models/store .mypy_cache .ruff_cache .pytest_cache

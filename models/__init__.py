@@ -1,0 +1,1 @@
+"""Model preparation: GGUF -> ONNX Runtime model directory (graph, tokenizer, model card)."""
