@@ -105,7 +105,9 @@ def card_from_dict(data: dict[str, Any], path: Path) -> ModelCard:
     ints = ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim", "ffn_size", "vocab_size")
     for name in (*ints, "context_window", "train_context"):
         value = getattr(card, name)
-        _require(isinstance(value, int) and value > 0, path, f"{name} must be a positive integer, got {value!r}")
+        _require(
+            isinstance(value, int) and value > 0, path, f"{name} must be a positive integer, got {value!r}"
+        )
     _require(card.n_heads % card.n_kv_heads == 0, path, "n_heads must be a multiple of n_kv_heads")
     _require(card.context_window <= card.train_context, path, "context_window exceeds train_context")
     _require(card.precision in PRECISIONS, path, f"precision must be one of {', '.join(PRECISIONS)}")
@@ -135,7 +137,9 @@ def load_card(model_dir: Path) -> ModelCard:
     """Read and validate `<model_dir>/model.json`, checking the files it names exist."""
     path = model_dir / CARD_FILE
     if not path.is_file():
-        raise ModelError(f"{model_dir}: not a model directory (no {CARD_FILE}); prepare one with `parley prepare`")
+        raise ModelError(
+            f"{model_dir}: not a model directory (no {CARD_FILE}); prepare one with `parley prepare`"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

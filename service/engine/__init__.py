@@ -1,0 +1,1 @@
+"""The inference engine: ONNX Runtime session, KV cache slots, continuous batching (no gRPC here)."""

@@ -1,0 +1,183 @@
+"""ModelRunner: one ONNX Runtime session over a prepared model directory, with the KV cache bound in place.
+
+Two calls, both synchronous and meant for the engine's own thread:
+- `prefill(slot, tokens, start)`: run tokens [start, start + len) of one sequence as a batch of one on
+  that slot's rows; returns the logits of its last token.
+- `decode(tokens, cached)`: one new token for each of slots 0..n-1 in a single run; returns [n, V] logits.
+
+The graph writes new K/V rows straight into the cache: every past input is bound to the same memory as
+its present output (DESIGN.md §4), so no step copies the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from models.card import ModelCard, load_card
+from service.engine.kv_cache import Device, KVCache, KVShape
+from service.errors import EngineFailure, ModelError
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {np.dtype(np.float32): np.float32, np.dtype(np.float16): np.float16}
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cuda_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_device_present()
+
+
+def _cuda_device_present() -> bool:
+    # onnxruntime-gpu lists the CUDA provider whether or not a GPU exists; the driver tells the truth.
+    return Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    max_batch: int = 8
+    kv_capacity: int | None = None  # tokens per slot; None = the model's context window
+    threads: int | None = None  # intra-op threads; None = all available cores
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ModelRunner:
+    def __init__(
+        self, model_dir: Path, options: RunnerOptions = RunnerOptions(), card: ModelCard | None = None
+    ) -> None:
+        self.card = card or load_card(model_dir)
+        self.model_dir = model_dir
+        capacity = options.kv_capacity or self.card.context_window
+        if not 0 < capacity <= self.card.context_window:
+            raise ModelError(
+                f"kv capacity {capacity} must be in [1, {self.card.context_window}] "
+                "(the graph's context window)"
+            )
+        self.device: Device = (
+            "cuda" if options.device == "cuda" or (options.device == "auto" and cuda_available()) else "cpu"
+        )
+        if self.device == "cuda":
+            raise ModelError(
+                "the CUDA runner is service/engine/cuda_runner.py; ModelRunner is the CPU runner"
+            )
+        dtype = np.float16 if self.card.graph.kv_dtype == "float16" else np.float32
+        self.kv_shape = KVShape(
+            n_layers=self.card.n_layers,
+            n_kv_heads=self.card.n_kv_heads,
+            head_dim=self.card.head_dim,
+            max_batch=options.max_batch,
+            capacity=capacity,
+            dtype=dtype,
+        )
+        self.kv = KVCache(self.kv_shape)
+        self.threads = options.threads or available_cores()
+        self.session = self._create_session()
+        self.vocab_size = self.card.vocab_size
+        self._logits = np.zeros((options.max_batch, 1, self.vocab_size), dtype=np.float32)
+        self._decode_bindings: dict[int, ort.IOBinding] = {}
+        self._prefill_bindings: dict[int, ort.IOBinding] = {}
+        self._prefill_logits = np.zeros((1, 1, self.vocab_size), dtype=np.float32)
+
+    def _create_session(self) -> ort.InferenceSession:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        path = self.model_dir / self.card.graph.file
+        try:
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT's own exception types
+            raise ModelError(f"{path}: ONNX Runtime cannot load the graph: {exc}") from None
+
+    # --- bindings -------------------------------------------------------------------------------
+    def _bind_cache(self, binding: ort.IOBinding, first_slot: int, n: int) -> None:
+        io, shape = self.card.graph, self.kv_shape.batch_shape(n)
+        element = _ORT_TYPES[np.dtype(self.kv_shape.dtype)]
+        for layer in range(self.kv_shape.n_layers):
+            for kind, past, present in (
+                ("key", io.past_key, io.present_key),
+                ("value", io.past_value, io.present_value),
+            ):
+                ptr = self.kv.pointer(layer, kind, first_slot)  # type: ignore[arg-type]
+                binding.bind_input(past.format(i=layer), "cpu", 0, element, shape, ptr)
+                binding.bind_output(present.format(i=layer), "cpu", 0, element, shape, ptr)
+
+    def _decode_binding(self, n: int) -> ort.IOBinding:
+        binding = self._decode_bindings.get(n)
+        if binding is None:
+            binding = self.session.io_binding()
+            self._bind_cache(binding, 0, n)
+            binding.bind_output(
+                self.card.graph.logits,
+                "cpu",
+                0,
+                np.float32,
+                [n, 1, self.vocab_size],
+                self._logits.ctypes.data,
+            )
+            self._decode_bindings[n] = binding
+        return binding
+
+    def _prefill_binding(self, slot: int) -> ort.IOBinding:
+        binding = self._prefill_bindings.get(slot)
+        if binding is None:
+            binding = self.session.io_binding()
+            self._bind_cache(binding, slot, 1)
+            binding.bind_output(
+                self.card.graph.logits,
+                "cpu",
+                0,
+                np.float32,
+                [1, 1, self.vocab_size],
+                self._prefill_logits.ctypes.data,
+            )
+            self._prefill_bindings[slot] = binding
+        return binding
+
+    def _run(self, binding: ort.IOBinding, input_ids: np.ndarray, seqlens_k: np.ndarray, total: int) -> None:
+        io = self.card.graph
+        binding.bind_cpu_input(io.input_ids, input_ids)
+        binding.bind_cpu_input(io.seqlens_k, seqlens_k)
+        binding.bind_cpu_input(io.total_sequence_length, np.array(total, dtype=np.int32))
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # ORT's own exception types: a failed run fails the step, not the process
+            raise EngineFailure(f"onnxruntime run failed: {exc}") from exc
+
+    # --- steps ----------------------------------------------------------------------------------
+    def prefill(self, slot: int, tokens: np.ndarray, start: int) -> np.ndarray:
+        """Cache tokens [start, start + len) for `slot`; return the last token's logits [V] (a view valid
+        until the next prefill)."""
+        count = len(tokens)
+        end = start + count
+        if count == 0 or end > self.kv_shape.capacity or not 0 <= slot < self.kv_shape.max_batch:
+            raise EngineFailure(f"prefill of {count} tokens at {start} on slot {slot} does not fit the cache")
+        ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(1, count)
+        self._run(self._prefill_binding(slot), ids, np.array([end - 1], dtype=np.int32), end)
+        logits: np.ndarray = self._prefill_logits[0, 0]
+        return logits
+
+    def decode(self, tokens: np.ndarray, cached: np.ndarray) -> np.ndarray:
+        """One token per slot 0..n-1; `cached[r]` = tokens already in slot r's cache. Returns [n, V]
+        logits (a view valid until the next decode)."""
+        n = len(tokens)
+        if not 0 < n <= self.kv_shape.max_batch or int(cached.max()) >= self.kv_shape.capacity:
+            raise EngineFailure(
+                f"decode of {n} rows (longest {int(cached.max())} cached) does not fit the cache"
+            )
+        ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(n, 1)
+        seqlens = np.ascontiguousarray(cached, dtype=np.int32)  # tokens after this step − 1
+        self._run(self._decode_binding(n), ids, seqlens, int(cached.max()) + 1)
+        logits: np.ndarray = self._logits[:n, 0]
+        return logits
