@@ -6,9 +6,10 @@ with ParleyClient("127.0.0.1:50051") as client:
     print(client.chat([("user", "Hello!")], temperature=0).choices[0].message.content)
 """
 
-from parley_client.aio import AsyncChatSession, AsyncParleyClient, AsyncSessionTurn
+from parley_client.aio import AsyncParleyClient
+from parley_client.aio_session import AsyncChatSession, AsyncSessionTurn
 from parley_client.call_settings import CallSettings, Metadata, MetadataLike
-from parley_client.client import ChatSession, ParleyClient, SessionTurn
+from parley_client.client import ParleyClient
 from parley_client.errors import (
     FieldViolation,
     ParleyError,
@@ -44,6 +45,7 @@ from parley_client.options import (
     json_object_format,
     json_schema_format,
 )
+from parley_client.sync_session import ChatSession, SessionTurn
 
 __all__ = [
     "AsyncChatSession",
