@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass
 
 import grpc
 import pytest
 from parley.v1 import chat_service_pb2_grpc, model_service_pb2_grpc
 
-from tests.contract.echo_servicer import EchoChatService, EchoModelService
-
-
-@dataclass(frozen=True)
-class EchoServer:
-    target: str
-    chat: EchoChatService
+from tests.contract.echo_servicer import EchoChatService, EchoModelService, EchoServer
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -41,6 +42,7 @@ from parley.v1.session_pb2 import ChatSessionRequest, ChatSessionResponse, Sessi
 from typing_extensions import override
 
 DEFAULT_MODEL = "echo-1"
+CALL_TIMEOUT = 10.0  # seconds: a hung call fails its test instead of hanging it
 
 
 def bad_request(field: str, description: str) -> status_pb2.Status:
@@ -169,3 +171,11 @@ class EchoModelService(model_service_pb2_grpc.ModelServiceServicer):
     @override
     def Tokenize(self, request: TokenizeRequest, context: grpc.ServicerContext) -> TokenizeResponse:
         return TokenizeResponse(token_ids=[ord(c) for c in request.text], tokens=list(request.text))
+
+
+@dataclass(frozen=True)
+class EchoServer:
+    """A running echo server: where to connect, and the chat servicer's record of what it received."""
+
+    target: str
+    chat: EchoChatService

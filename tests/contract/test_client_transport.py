@@ -9,10 +9,9 @@ import pytest
 from parley.v1 import common_pb2
 from parley_client import FieldViolation, ParleyClient, ParleyError, ParleyRpcError
 
-from tests.contract.conftest import EchoServer
+from tests.contract.echo_servicer import CALL_TIMEOUT, EchoServer
 
 TEMPERATURE_VIOLATION = FieldViolation("temperature", "temperature must be in [0, 2], got 3")
-CALL_TIMEOUT = 10.0  # seconds: a hung call fails the test instead of hanging it
 
 
 @pytest.fixture

@@ -6,13 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from parley_client import AsyncParleyClient, ParleyRpcError
+from parley_client import AsyncParleyClient, FieldViolation, ParleyRpcError
 
-from tests.contract.conftest import EchoServer
-from tests.contract.test_client_transport import CALL_TIMEOUT, TEMPERATURE_VIOLATION
+from tests.contract.echo_servicer import CALL_TIMEOUT, EchoServer
 
 # The project runs async fixtures on the session's loop (pyproject); the tests run there too.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TEMPERATURE_VIOLATION = FieldViolation("temperature", "temperature must be in [0, 2], got 3")
 
 
 @pytest.fixture
