@@ -63,3 +63,12 @@ class KVCache:
             return
         for buffer in (*self.keys, *self.values):
             buffer[dst, :, :length] = buffer[src, :, :length]
+
+    def swap_slots(self, a: int, b: int, length_a: int, length_b: int) -> None:
+        """Exchange the cached positions of two slots (a's first length_a rows go to b and vice versa)."""
+        for buffer in (*self.keys, *self.values):
+            saved = buffer[a, :, :length_a].copy()
+            if length_b:
+                buffer[a, :, :length_b] = buffer[b, :, :length_b]
+            if length_a:
+                buffer[b, :, :length_a] = saved
