@@ -1,0 +1,29 @@
+"""Token sampling: per-request parameters, the vectorised batch sampler and its per-sequence state.
+
+Plain numpy, no gRPC. See sampler.py for the steps and their order.
+"""
+
+from service.sampling.params import SamplingParams
+from service.sampling.sampler import (
+    NonFiniteLogits,
+    SampledTokens,
+    SamplingColumns,
+    TokenLogprobs,
+    TokenValues,
+    sample,
+)
+from service.sampling.state import SequenceSampling, TokenHistory, build_columns, record_step
+
+__all__ = [
+    "NonFiniteLogits",
+    "SampledTokens",
+    "SamplingColumns",
+    "SamplingParams",
+    "SequenceSampling",
+    "TokenHistory",
+    "TokenLogprobs",
+    "TokenValues",
+    "build_columns",
+    "record_step",
+    "sample",
+]
