@@ -8,6 +8,7 @@ the end, so a failure (bad file, full disk, Ctrl-C) never leaves a half-written 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import re
 import shutil
@@ -30,7 +31,25 @@ from service.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = "1"
+
+def _converter_version() -> str:
+    """'1.<digest>': the digest of the converter's own sources, so a changed converter re-converts
+    (a model prepared by other code is never mistaken for an up-to-date one)."""
+    digest = hashlib.sha256()
+    for module in (
+        "card",
+        "gguf_source",
+        "graph_builder",
+        "onnx_writer",
+        "prepare",
+        "tokenizer_builder",
+        "weights",
+    ):
+        digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
+    return f"1.{digest.hexdigest()[:12]}"
+
+
+CONVERTER_VERSION = _converter_version()
 DEFAULT_PRECISION: Precision = "int4"
 
 # Control tokens that end a turn, as llama.cpp's end-of-generation list treats them.
