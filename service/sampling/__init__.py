@@ -3,15 +3,9 @@
 Plain numpy, no gRPC. See sampler.py for the steps and their order.
 """
 
+from service.sampling.columns import SampledTokens, SamplingColumns, TokenLogprobs, TokenValues
 from service.sampling.params import SamplingParams
-from service.sampling.sampler import (
-    NonFiniteLogits,
-    SampledTokens,
-    SamplingColumns,
-    TokenLogprobs,
-    TokenValues,
-    sample,
-)
+from service.sampling.sampler import NonFiniteLogits, sample
 from service.sampling.state import SequenceSampling, TokenHistory, build_columns, record_step
 
 __all__ = [

@@ -78,6 +78,10 @@ def weights_into(logits: FloatRow, row_max: np.float32, scale: np.float32, out: 
     return np.exp2(out, out=out)
 
 
+# The per-row helpers below call ndarray methods (a.cumsum(), a.nonzero()) rather than the np.* wrappers:
+# each wrapper costs ~1 µs of Python, and a row makes a few dozen such calls.
+
+
 class Candidates(Protocol):
     def __call__(self, level: float) -> tuple[IdArray, FloatRow]:
         """Ids (ascending) and weights of every token with weight >= level; level 0: the whole row."""
@@ -93,8 +97,8 @@ class FromWeights:
     def __call__(self, level: float) -> tuple[IdArray, FloatRow]:
         if level == 0.0:
             return np.arange(self.weights.size, dtype=np.int64), self.weights
-        ids = np.flatnonzero(self.weights >= level)
-        return ids, self.weights[ids]
+        ids = (self.weights >= level).nonzero()[0]
+        return ids, self.weights.take(ids)
 
 
 class FromLogits:
@@ -112,8 +116,9 @@ class FromLogits:
         # token, and a relative slack covers the rounding of the bound itself to float32
         bound = float(self.row_max) + (math.log2(level) - _MARGIN_BITS) / float(self.scale)
         bound -= (abs(bound) + 1.0) * 2.0**-20
-        ids = np.flatnonzero(self.logits >= bound)
-        weights = weights_into(self.logits[ids], self.row_max, self.scale, np.empty(ids.size, np.float32))
+        ids = (self.logits >= bound).nonzero()[0]
+        gathered = self.logits.take(ids)
+        weights = weights_into(gathered, self.row_max, self.scale, gathered)
         keep = weights >= level
         return ids[keep], weights[keep]
 
@@ -121,13 +126,13 @@ class FromLogits:
 def draw_untruncated(weights: FloatRow, uniform: float) -> int:
     """A token with probability weights[i] / sum(weights)."""
     groups, width, full = stripe_sums(weights)
-    running = np.cumsum(groups)
+    running = groups.cumsum()
     target = uniform * float(running[-1])
     group = _inverse_cdf(running, target)
     before = float(running[group - 1]) if group else 0.0
     # group < width: column `group` of the (full / width, width) view; else the leftover tail
     first, step, stop = (group, width, full) if group < width else (full, 1, weights.size)
-    inner = np.cumsum(weights[first:stop:step], dtype=np.float64)
+    inner = weights[first:stop:step].astype(np.float64).cumsum()
     return first + step * _inverse_cdf(inner, target - before)
 
 
@@ -146,11 +151,12 @@ def stripe_sums(weights: FloatRow) -> tuple[NDArray[np.float64], int, int]:
 
 def top_k_level(logits: FloatRow, row_max: np.float32, scale: np.float32, top_k: int) -> float:
     """A candidate level that probably holds the top_k tokens and not many more, estimated from every
-    32nd logit (~10 µs; draw_truncated verifies it and goes lower when it falls short)."""
-    sample = logits[::32]
+    32nd logit (draw_truncated verifies it and goes lower when it falls short)."""
+    sample = logits[::32].copy()
     rank = min(sample.size, 2 * (top_k // 32) + 4)  # expect ~32 × rank >= 2 top_k + 128 candidates
-    estimate = np.partition(sample, sample.size - rank)[sample.size - rank : sample.size - rank + 1]
-    return float(weights_into(estimate, row_max, scale, estimate)[0])
+    sample.partition(sample.size - rank)
+    estimate = float(sample[sample.size - rank])
+    return float(2.0 ** ((estimate - float(row_max)) * float(scale)))
 
 
 def draw_truncated(
@@ -171,11 +177,15 @@ def draw_truncated(
     """
     for level in _levels(top_k, top_p, min_p, levels):
         ids, weights = candidates(level)
-        threshold = kept_threshold(np.sort(weights)[::-1], top_k, top_p, min_p, total, level)
+        ascending = weights.copy()
+        ascending.sort()
+        threshold = kept_threshold(ascending[::-1], top_k, top_p, min_p, total, level)
         if threshold is not None:
-            kept = weights >= threshold
-            running = np.cumsum(weights[kept], dtype=np.float64)
-            return int(ids[kept][_inverse_cdf(running, uniform * float(running[-1]))])
+            if threshold > ascending[0]:  # else every candidate is kept
+                kept = weights >= threshold
+                ids, weights = ids[kept], weights[kept]
+            running = weights.astype(np.float64).cumsum()
+            return int(ids[_inverse_cdf(running, uniform * float(running[-1]))])
     raise AssertionError("the whole-row level always decides the threshold")  # pragma: no cover
 
 
@@ -190,7 +200,7 @@ def kept_threshold(
     t_k, end = 0.0, count
     if top_k and top_k <= count:
         t_k = float(descending[top_k - 1])
-        end = count - int(np.searchsorted(descending[::-1], descending[top_k - 1], side="left"))
+        end = count - int(descending[::-1].searchsorted(descending[top_k - 1], "left"))
     elif top_k and not whole_row:  # the top-k set reaches below this level
         if top_p < 1.0:
             return None  # top_p is measured against the top-k set's mass, not all of it here
@@ -198,9 +208,9 @@ def kept_threshold(
     # (a whole row holding fewer than top_k tokens: top_k keeps them all)
     t_p = 0.0
     if top_p < 1.0:
-        running = np.cumsum(descending[:end], dtype=np.float64)
+        running = descending[:end].astype(np.float64).cumsum()
         reference = float(running[-1]) if top_k else total
-        cut = int(np.searchsorted(running, top_p * reference, side="left"))
+        cut = int(running.searchsorted(top_p * reference, "left"))
         # cut == end: the nucleus needs more mass than the candidates hold (or rounding at top_p ≈ 1)
         last = float(descending[end - 1]) if whole_row else below
         t_p = float(descending[cut]) if cut < end else last
@@ -222,7 +232,7 @@ def _levels(top_k: int, top_p: float, min_p: float, levels: tuple[float, ...]) -
 def _inverse_cdf(running: NDArray[np.float64], target: float) -> int:
     """Index of the first running sum that exceeds target: never a zero weight (its running sum equals
     the previous one). A target rounded up to the end gives the last index with positive weight."""
-    index = int(np.searchsorted(running, target, side="right"))
+    index = int(running.searchsorted(target, "right"))
     if index == running.size:
-        index = int(np.flatnonzero(np.diff(running, prepend=0.0))[-1])
+        index = int(np.diff(running, prepend=0.0).nonzero()[0][-1])
     return index

@@ -25,77 +25,27 @@ the request's sampling settings reshaped it (greedy rows would otherwise report 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
 
 from service.errors import EngineFailure
-from service.sampling.draw import CANDIDATE_LEVELS, draw_row
+from service.sampling.columns import (
+    NO_LOGPROBS,
+    FloatArray,
+    IndexArray,
+    SampledTokens,
+    SamplingColumns,
+    TokenLogprobs,
+)
+from service.sampling.draw import CANDIDATE_LEVELS, draw_row, stripe_sums, weights_into
+from service.sampling.edits import EditedRows
 
-FloatArray = NDArray[np.float32]
-IndexArray = NDArray[np.int64]
 LOG2E = 1.0 / math.log(2.0)
-NO_LOGPROBS = -1  # top_logprobs column value of a row that asked for no logprobs
-
-
-@dataclass(frozen=True)
-class TokenValues:
-    """Sparse per-row token data: row rows[i] has value values[i] for token tokens[i]. A (row, token)
-    pair appears at most once."""
-
-    rows: IndexArray
-    tokens: IndexArray
-    values: FloatArray
-
-    @staticmethod
-    def empty() -> TokenValues:
-        return TokenValues(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
-
-    def __len__(self) -> int:
-        return int(self.rows.size)
-
-
-@dataclass(frozen=True)
-class SamplingColumns:
-    """One decode step's parameters for B rows. Float columns are float32 except top_p and uniform
-    (float64, compared with float64 running sums)."""
-
-    temperature: FloatArray  # (B, 1); 0 = greedy
-    top_k: IndexArray  # (B, 1); 0 = no limit
-    top_p: NDArray[np.float64]  # (B, 1); 1 = off
-    min_p: FloatArray  # (B, 1); 0 = off
-    repetition_penalty: FloatArray  # (B, 1); 1 = off
-    frequency_penalty: FloatArray  # (B, 1); 0 = off
-    presence_penalty: FloatArray  # (B, 1); 0 = off
-    top_logprobs: IndexArray  # (B, 1); NO_LOGPROBS, or how many alternatives to report (0..20)
-    uniform: NDArray[np.float64]  # (B, 1); the row's draw in [0, 1), unused by greedy rows
-    logit_bias: TokenValues  # values: the bias
-    history: TokenValues  # penalised rows only; values: times generated (0 = only in the prompt)
-    suppressed: TokenValues  # values unused
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.temperature.shape[0])
-
-
-@dataclass(frozen=True)
-class TokenLogprobs:
-    """The chosen token's log probability and the most likely alternatives (descending, ties by id)."""
-
-    logprob: float
-    top_ids: tuple[int, ...]
-    top_logprobs: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class SampledTokens:
-    tokens: IndexArray  # (B,)
-    logprobs: tuple[TokenLogprobs | None, ...]  # per row; None where the row asked for none
 
 
 class NonFiniteLogits(EngineFailure):
-    """The model produced a row with NaN or +inf, or a row with every token suppressed."""
+    """The model produced rows with NaN or +inf, or rows with every token suppressed. `rows` lists all
+    of them; `SamplingColumns.select` keeps the others' draws for a retry without them."""
 
     def __init__(self, rows: list[int]) -> None:
         super().__init__(f"logits of batch rows {rows} have no finite maximum (NaN, +inf or all -inf)")
@@ -121,41 +71,6 @@ def sample(
     return SampledTokens(tokens, logprobs_of(logits, tokens, columns.top_logprobs))
 
 
-class EditedRows:
-    """Steps 1-3. Rows with a bias, penalty or suppression get a private edited copy; the others are
-    views of the input."""
-
-    def __init__(self, logits: FloatArray, columns: SamplingColumns) -> None:
-        self.logits = logits
-        bias, history, suppressed = columns.logit_bias, columns.history, columns.suppressed
-        self.any = bool(len(bias) or len(history) or len(suppressed))
-        self._slot: dict[int, int] = {}
-        if not self.any:
-            return
-        rows = np.unique(np.concatenate([bias.rows, history.rows, suppressed.rows]))
-        self._slot = dict(zip(rows.tolist(), range(rows.size), strict=True))
-        compact = np.full(logits.shape[0], -1, np.int64)
-        compact[rows] = np.arange(rows.size)
-        self._copies = copies = logits[rows]  # (E, V)
-        if len(bias):
-            copies[compact[bias.rows], bias.tokens] += bias.values
-        if len(history):
-            at, tokens, counts = compact[history.rows], history.tokens, history.values
-            values = copies[at, tokens]
-            penalty = columns.repetition_penalty[history.rows, 0]
-            values = np.where(values > 0.0, values / penalty, values * penalty)
-            values -= columns.frequency_penalty[history.rows, 0] * counts
-            values -= columns.presence_penalty[history.rows, 0] * (counts > 0.0)
-            copies[at, tokens] = values
-        if len(suppressed):
-            copies[compact[suppressed.rows], suppressed.tokens] = -np.inf
-
-    def __getitem__(self, row: int) -> FloatArray:
-        slot = self._slot.get(row)
-        row_logits: FloatArray = self.logits[row] if slot is None else self._copies[slot]
-        return row_logits
-
-
 def _sample_rows(edited: EditedRows, columns: SamplingColumns, levels: tuple[float, ...]) -> IndexArray:
     """Steps 4-8, row by row: each row's work is a few passes over V, so the loop costs little."""
     batch, vocab = edited.logits.shape
@@ -169,16 +84,18 @@ def _sample_rows(edited: EditedRows, columns: SamplingColumns, levels: tuple[flo
         columns.uniform[:, 0].tolist(),
         strict=True,
     )
+    failed: list[int] = []
     for row, (temperature, top_k, top_p, min_p, uniform) in enumerate(parameters):
         logits = edited[row]
         if temperature == 0.0:
             tokens[row] = logits.argmax()
             if not math.isfinite(logits[tokens[row]]):
-                raise NonFiniteLogits([row])
+                failed.append(row)
             continue
         row_max = logits.max()
         if not math.isfinite(row_max):
-            raise NonFiniteLogits([row])
+            failed.append(row)
+            continue
         scale = np.float32(LOG2E / temperature)
         tokens[row] = draw_row(
             logits,
@@ -191,6 +108,8 @@ def _sample_rows(edited: EditedRows, columns: SamplingColumns, levels: tuple[flo
             buffer=buffer,
             levels=levels,
         )
+    if failed:
+        raise NonFiniteLogits(failed)
     return tokens
 
 
@@ -207,25 +126,30 @@ def logprobs_of(
     wanted = top_logprobs[:, 0]
     if (wanted == NO_LOGPROBS).all():
         return (None,) * int(logits.shape[0])
+    buffer = np.empty(logits.shape[1], np.float32)
     return tuple(
-        None if count == NO_LOGPROBS else _row_logprobs(logits[row], int(tokens[row]), int(count))
+        None if count == NO_LOGPROBS else _row_logprobs(logits[row], int(tokens[row]), count, buffer)
         for row, count in enumerate(wanted.tolist())
     )
 
 
-def _row_logprobs(logits: FloatArray, token: int, count: int) -> TokenLogprobs:
-    top = float(logits.max())
-    shifted = logits - np.float32(top)
-    shifted *= np.float32(LOG2E)
-    log_normaliser = top + math.log(float(np.exp2(shifted, out=shifted).sum(dtype=np.float64)))
+def _row_logprobs(logits: FloatArray, token: int, count: int, buffer: FloatArray) -> TokenLogprobs:
+    top = logits.max()
+    weights = weights_into(logits, top, np.float32(LOG2E), buffer)
+    log_normaliser = float(top) + math.log(float(stripe_sums(weights)[0].sum()))
     top_ids: tuple[int, ...] = ()
     if count:
-        for margin in (8.0, 16.0, 32.0, math.inf):  # logits within `margin` of the top, until enough
-            ids = np.flatnonzero(logits >= top - margin)
+        for margin in (4.0, 8.0, 16.0, 32.0, math.inf):  # logits near the top, until there are enough
+            ids = (logits >= float(top) - margin).nonzero()[0]
             if ids.size >= count:
                 break
-        order = np.lexsort((ids, -logits[ids]))[:count]  # descending logit, then ascending id
-        top_ids = tuple(ids[order].tolist())
+        values = logits.take(ids)
+        if ids.size > count:  # keep the `count` largest and anything tied with the last of them
+            kth = np.partition(values, ids.size - count)[ids.size - count]
+            keep = values >= kth
+            ids, values = ids[keep], values[keep]
+        order = np.argsort(-values, kind="stable")[:count]  # descending; ids ascend among ties
+        top_ids = tuple(ids.take(order).tolist())
     return TokenLogprobs(
         logprob=float(logits[token]) - log_normaliser,
         top_ids=top_ids,

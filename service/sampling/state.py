@@ -13,8 +13,8 @@ from collections.abc import Collection, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from service.sampling.columns import NO_LOGPROBS, IndexArray, SamplingColumns, TokenValues
 from service.sampling.params import SamplingParams
-from service.sampling.sampler import NO_LOGPROBS, IndexArray, SamplingColumns, TokenValues
 
 _EMPTY_IDS: IndexArray = np.empty(0, np.int64)
 
@@ -107,24 +107,20 @@ class SequenceSampling:
 def build_columns(sequences: Sequence[SequenceSampling]) -> SamplingColumns:
     """The columns for one step over `sequences` (row i = sequences[i]); draws each sampled row's
     uniform. O(B) Python plus O(history + bias) numpy."""
-    table = np.array([s.column_values for s in sequences], dtype=np.float64).reshape(len(sequences), 8)
-    bias_rows, bias_tokens, bias_values = [], [], []
-    history_rows, history_tokens, history_counts = [], [], []
-    suppressed_rows, suppressed_tokens = [], []
+    batch = len(sequences)
+    table = np.array([s.column_values for s in sequences], dtype=np.float64).reshape(batch, 8)
+    bias: list[tuple[int, IndexArray, NDArray[np.float32]]] = []
+    history: list[tuple[int, IndexArray, NDArray[np.float32]]] = []
+    suppressed: list[tuple[int, IndexArray, NDArray[np.float32]]] = []
     for row, sequence in enumerate(sequences):
         if sequence.bias_tokens.size:
-            bias_rows.append(np.full(sequence.bias_tokens.size, row, np.int64))
-            bias_tokens.append(sequence.bias_tokens)
-            bias_values.append(sequence.bias_values)
+            bias.append((row, sequence.bias_tokens, sequence.bias_values))
         if sequence.history is not None:
             tokens = sequence.history.tokens
-            history_rows.append(np.full(tokens.size, row, np.int64))
-            history_tokens.append(tokens)
-            history_counts.append(sequence.history.generated_counts)
-        suppressed = sequence.suppressed_now()
-        if suppressed.size:
-            suppressed_rows.append(np.full(suppressed.size, row, np.int64))
-            suppressed_tokens.append(suppressed)
+            history.append((row, tokens, sequence.history.generated_counts))
+        blocked = sequence.suppressed_now()
+        if blocked.size:
+            suppressed.append((row, blocked, np.zeros(blocked.size, np.float32)))  # values unused
     return SamplingColumns(
         temperature=table[:, 0:1].astype(np.float32),
         top_k=table[:, 1:2].astype(np.int64),
@@ -134,10 +130,10 @@ def build_columns(sequences: Sequence[SequenceSampling]) -> SamplingColumns:
         frequency_penalty=table[:, 5:6].astype(np.float32),
         presence_penalty=table[:, 6:7].astype(np.float32),
         top_logprobs=table[:, 7:8].astype(np.int64),
-        uniform=np.array([[s.draw()] for s in sequences], np.float64).reshape(len(sequences), 1),
-        logit_bias=_sparse(bias_rows, bias_tokens, bias_values),
-        history=_sparse(history_rows, history_tokens, history_counts),
-        suppressed=_sparse(suppressed_rows, suppressed_tokens, None),
+        uniform=np.array([s.draw() for s in sequences], np.float64).reshape(batch, 1),
+        logit_bias=_sparse(bias),
+        history=_sparse(history),
+        suppressed=_sparse(suppressed),
     )
 
 
@@ -147,14 +143,14 @@ def record_step(sequences: Sequence[SequenceSampling], tokens: IndexArray) -> No
         sequence.record(token)
 
 
-def _sparse(
-    rows: list[IndexArray], tokens: list[IndexArray], values: list[NDArray[np.float32]] | None
-) -> TokenValues:
-    if not rows:
+def _sparse(parts: list[tuple[int, IndexArray, NDArray[np.float32]]]) -> TokenValues:
+    """One TokenValues from per-row (row, tokens, values) parts."""
+    if not parts:
         return TokenValues.empty()
-    all_rows = np.concatenate(rows)
+    rows = np.array([row for row, _, _ in parts], np.int64)
+    sizes = np.array([tokens.size for _, tokens, _ in parts], np.int64)
     return TokenValues(
-        rows=all_rows,
-        tokens=np.concatenate(tokens),
-        values=np.concatenate(values) if values is not None else np.zeros(all_rows.size, np.float32),
+        rows=rows.repeat(sizes),
+        tokens=np.concatenate([tokens for _, tokens, _ in parts]),
+        values=np.concatenate([values for _, _, values in parts]),
     )

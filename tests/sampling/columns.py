@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.sampling.sampler import NO_LOGPROBS, SamplingColumns, TokenValues
+from service.sampling.columns import NO_LOGPROBS, SamplingColumns, TokenValues
 
 
 def make_columns(

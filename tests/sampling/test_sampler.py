@@ -193,11 +193,33 @@ def test_logprobs_come_from_the_raw_distribution(rows: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
-def test_nan_logits_fail_that_row(rows: np.ndarray, temperature: float) -> None:
-    logits = rows[:3].copy()
+def test_non_finite_rows_are_all_reported(rows: np.ndarray, temperature: float) -> None:
+    logits = rows[:4].copy()
     logits[1, 123] = np.nan
-    with pytest.raises(NonFiniteLogits, match=r"batch rows \[1\]"):
-        sample(logits, make_columns(3, temperature=[0.0, temperature, 1.0], uniform=np.full(3, 0.5)))
+    logits[3, 7] = np.inf
+    columns = make_columns(4, temperature=[0.0, temperature, 1.0, temperature], uniform=np.full(4, 0.5))
+    with pytest.raises(NonFiniteLogits, match=r"batch rows \[1, 3\]") as caught:
+        sample(logits, columns)
+    assert caught.value.rows == [1, 3]
+
+
+def test_selected_columns_keep_each_rows_draw_and_edits(rows: np.ndarray) -> None:
+    """A retry without failed rows samples the others exactly as the whole batch would have."""
+    batch = 6
+    edits = TokenValues(np.array([0, 2, 2, 5]), np.array([10, 11, 12, 13]), np.full(4, 3.0, np.float32))
+    columns = make_columns(
+        batch,
+        temperature=[0.0, 0.8, 1.0, 0.0, 1.2, 0.9],
+        top_k=[0, 0, 30, 0, 0, 5],
+        uniform=_uniforms(3, batch),
+        logit_bias=edits,
+        history=edits,
+        suppressed=_ids(np.array([[4], [int(rows[4].argmax())]])),
+        repetition_penalty=1.5,
+    )
+    whole = sample(rows[:batch], columns).tokens
+    keep = [0, 2, 4, 5]
+    assert sample(rows[keep], columns.select(keep)).tokens.tolist() == whole[keep].tolist()
 
 
 def test_all_suppressed_fails_with_non_finite_logits() -> None:
@@ -249,3 +271,19 @@ def test_penalties_follow_their_definitions() -> None:
             presence_penalty=presence,
         )
         assert sample(logits, columns).tokens[0] == expected, (frequency, presence)
+
+
+def test_penalties_apply_to_the_biased_logit() -> None:
+    """Bias comes first: the repetition penalty divides the biased value (1 + 1) / 2 = 1.0 > 0.9,
+    where penalising the raw logit would give 0.5 < 0.9."""
+    logits = np.array([[1.0, 0.9, -3.0]], np.float32)
+    bias = TokenValues(np.array([0]), np.array([0]), np.array([1.0], np.float32))
+    history = TokenValues(np.array([0]), np.array([0]), np.array([0.0], np.float32))
+    columns = make_columns(1, temperature=0.0, logit_bias=bias, history=history, repetition_penalty=2.0)
+    assert sample(logits, columns).tokens[0] == 0
+
+
+def test_sparse_entries_may_come_in_any_row_order() -> None:
+    logits = np.zeros((3, 5), np.float32)
+    bias = TokenValues(np.array([2, 0, 1, 0]), np.array([4, 1, 3, 2]), np.array([5, 1, 5, 5], np.float32))
+    assert sample(logits, make_columns(3, temperature=0.0, logit_bias=bias)).tokens.tolist() == [2, 3, 4]

@@ -14,7 +14,7 @@ from service.sampling import (
     record_step,
     sample,
 )
-from service.sampling.sampler import NO_LOGPROBS
+from service.sampling.columns import NO_LOGPROBS
 from tests.sampling.reference import zipf_logits
 
 VOCAB = 2048

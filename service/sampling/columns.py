@@ -1,0 +1,98 @@
+"""The sampler's inputs and outputs: per-row parameter columns, sparse per-row token data, results.
+
+Columns are [B, 1] arrays in the style of TGI's utils/tokens.py: one vectorised pass serves a batch whose
+rows have different parameters; a row that does not use a stage holds its neutral value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float32]
+IndexArray = NDArray[np.int64]
+NO_LOGPROBS = -1  # top_logprobs column value of a row that asked for no logprobs
+
+
+@dataclass(frozen=True)
+class TokenValues:
+    """Sparse per-row token data: row rows[i] has value values[i] for token tokens[i]. A (row, token)
+    pair appears at most once."""
+
+    rows: IndexArray
+    tokens: IndexArray
+    values: FloatArray
+
+    @staticmethod
+    def empty() -> TokenValues:
+        return TokenValues(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+
+@dataclass(frozen=True)
+class SamplingColumns:
+    """One decode step's parameters for B rows. Float columns are float32 except top_p and uniform
+    (float64, compared with float64 running sums)."""
+
+    temperature: FloatArray  # (B, 1); 0 = greedy
+    top_k: IndexArray  # (B, 1); 0 = no limit
+    top_p: NDArray[np.float64]  # (B, 1); 1 = off
+    min_p: FloatArray  # (B, 1); 0 = off
+    repetition_penalty: FloatArray  # (B, 1); 1 = off
+    frequency_penalty: FloatArray  # (B, 1); 0 = off
+    presence_penalty: FloatArray  # (B, 1); 0 = off
+    top_logprobs: IndexArray  # (B, 1); NO_LOGPROBS, or how many alternatives to report (0..20)
+    uniform: NDArray[np.float64]  # (B, 1); the row's draw in [0, 1), unused by greedy rows
+    logit_bias: TokenValues  # values: the bias
+    history: TokenValues  # penalised rows only; values: times generated (0 = only in the prompt)
+    suppressed: TokenValues  # values unused
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.temperature.shape[0])
+
+    def select(self, rows: Sequence[int]) -> SamplingColumns:
+        """The columns of `rows` alone, renumbered 0..len(rows)-1, with the same draws (a retry after
+        a failed row must not draw again, or seeded requests would lose their sequence)."""
+        index = np.asarray(rows, np.int64)
+        renumber = np.full(self.batch_size, -1, np.int64)
+        renumber[index] = np.arange(index.size)
+
+        def sparse(part: TokenValues) -> TokenValues:
+            kept = renumber.take(part.rows) >= 0
+            return TokenValues(renumber.take(part.rows[kept]), part.tokens[kept], part.values[kept])
+
+        return SamplingColumns(
+            temperature=self.temperature[index],
+            top_k=self.top_k[index],
+            top_p=self.top_p[index],
+            min_p=self.min_p[index],
+            repetition_penalty=self.repetition_penalty[index],
+            frequency_penalty=self.frequency_penalty[index],
+            presence_penalty=self.presence_penalty[index],
+            top_logprobs=self.top_logprobs[index],
+            uniform=self.uniform[index],
+            logit_bias=sparse(self.logit_bias),
+            history=sparse(self.history),
+            suppressed=sparse(self.suppressed),
+        )
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The chosen token's log probability and the most likely alternatives (descending, ties by id)."""
+
+    logprob: float
+    top_ids: tuple[int, ...]
+    top_logprobs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SampledTokens:
+    tokens: IndexArray  # (B,)
+    logprobs: tuple[TokenLogprobs | None, ...]  # per row; None where the row asked for none
