@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from service.engine.engine import Engine
 from service.engine.events import EngineEvent, GenerationRequest, RequestFailed, RequestFinished
@@ -14,7 +14,7 @@ class AsyncEngine:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
         """Events of one request, ending with RequestFinished or RequestFailed. If the consumer stops
         early (client cancelled, deadline), the request is cancelled in the engine at once."""
         loop = asyncio.get_running_loop()

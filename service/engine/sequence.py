@@ -107,7 +107,6 @@ class Choice:
             if tail.stop is not None:
                 reason, matched_stop = FinishReason.STOP, tail.stop
         self.owner.emit(ChoiceFinished(self.owner.request.request_id, self.index, reason, matched_stop, text))
-        self.owner.choice_done(now)
 
 
 @dataclass
@@ -120,8 +119,7 @@ class ActiveRequest:
     prefilled: int = 0  # prompt tokens whose K/V are in choice 0's slot
     choices: list[Choice] = field(default_factory=list)
     cancelled: bool = False
-    done: bool = False
-    _open_choices: int = 0
+    done: bool = False  # the terminal event (RequestFinished or RequestFailed) was sent
 
     def emit(self, event: EngineEvent) -> None:
         if not self.done:
@@ -140,13 +138,15 @@ class ActiveRequest:
             text = TextStream(detokenizer, params.stop, min_tokens=params.min_tokens)
             stop_ids = end_token_ids | frozenset(params.stop_token_ids)
             self.choices.append(Choice(self, index, sampling, text, stop_ids))
-        self._open_choices = len(self.choices)
 
-    def choice_done(self, now: float) -> None:
-        self._open_choices -= 1
-        if self._open_choices == 0:
-            self.emit(RequestFinished(self.request.request_id, self.usage(), self.timings(now)))
-            self.done = True
+    def complete_if_finished(self, now: float) -> bool:
+        """Send RequestFinished once every choice has finished (the engine calls this after it has
+        released their slots, so a client that sees it can count on the capacity)."""
+        if self.done or not self.choices or not all(c.finished for c in self.choices):
+            return self.done
+        self.emit(RequestFinished(self.request.request_id, self.usage(), self.timings(now)))
+        self.done = True
+        return True
 
     def usage(self) -> Usage:
         return Usage(
