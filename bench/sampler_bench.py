@@ -1,4 +1,4 @@
-"""Sampler cost per decode step: `python -m bench.sampler_bench [--steps N] [--batch 1 8 16]`.
+"""Sampler cost per decode step: `python -m bench.sampler_bench [--steps N] [--batch 1 8 16] [--logits F]`.
 
 Times what the engine pays per step for sampling — build_columns (per-sequence state to columns, with
 the seeded draws), sample (the pure sampler) and record_step — at batch 1, 8 and 16 over the default
@@ -9,6 +9,9 @@ The logits are synthetic but shaped like the default model's: the r-th most like
 slope × ln(r) nats below the top, slope 1.4-2.4 (measured on SmolLM2-135M-Instruct's logits over a
 211-token chat text with an fp32 numpy forward of the GGUF: median slope 1.8, top token 0-4 nats
 clear of the next). That shape decides the candidate-set sizes, hence the sampler's cost.
+`--logits F` takes real rows instead: a .npy (N, V) float32 array, e.g. recorded from the engine.
+It also reports which candidate level (draw.py) decided the cut of truncated rows: the whole-row
+fallback (a full sort) should be rare.
 The budget from issue 3: ≤ 5% of a decode step at batch 8 (~23 ms), i.e. ≲ 1.15 ms.
 """
 
@@ -23,6 +26,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.sampling import SamplingParams, SequenceSampling, build_columns, record_step, sample
+from service.sampling.draw import (
+    CANDIDATE_LEVELS,
+    Candidates,
+    FromLogits,
+    FromWeights,
+    draw_truncated,
+    stripe_sums,
+    top_k_level,
+    weights_into,
+)
 
 VOCAB = 49152
 DECODE_STEP_MS = 23.0  # DESIGN.md §5: batch-8 decode step of the int4 graph
@@ -91,6 +104,49 @@ def bench_mix(
     return sample_ms, total_ms
 
 
+LEVEL_CASES = {  # (temperature, top_k, top_p, min_p)
+    "T 0.7 top_p 0.9": (0.7, 0, 0.9, 0.0),
+    "T 1.0 top_p 0.9": (1.0, 0, 0.9, 0.0),
+    "T 1.0 top_p 0.95": (1.0, 0, 0.95, 0.0),
+    "T 1.3 top_p 0.95": (1.3, 0, 0.95, 0.0),
+    "T 1.0 top_k 40": (1.0, 40, 1.0, 0.0),
+    "T 0.8 top_k 40 top_p 0.95": (0.8, 40, 0.95, 0.0),
+    "T 1.0 top_k 1000": (1.0, 1000, 1.0, 0.0),
+}
+
+
+class _Recorder:
+    """Candidates that remember the last level asked for."""
+
+    def __init__(self, inner: Candidates) -> None:
+        self.inner, self.last = inner, -1.0
+
+    def __call__(self, level: float) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        self.last = level
+        return self.inner(level)
+
+
+def level_shares(pool: NDArray[np.float32], case: tuple[float, int, float, float]) -> tuple[float, ...]:
+    """Fraction of rows whose cut the first tried level, a later level and the whole row decided."""
+    temperature, top_k, top_p, min_p = case
+    buffer = np.empty(pool.shape[1], np.float32)
+    decided = [0, 0, 0]
+    for row in pool:
+        top, scale = row.max(), np.float32(1.0 / (np.log(2.0) * temperature))
+        levels = CANDIDATE_LEVELS
+        if top_k:
+            estimate = top_k_level(row, top, scale, top_k)
+            levels = (estimate, *(level for level in levels if level < estimate))
+            source = _Recorder(FromLogits(row, top, scale, buffer))
+            total = float("nan")
+        else:
+            weights = weights_into(row, top, scale, buffer)
+            source, total = _Recorder(FromWeights(weights)), float(stripe_sums(weights)[0].sum())
+        draw_truncated(source, 0.5, top_k=top_k, top_p=top_p, min_p=min_p, total=total, levels=levels)
+        decided[0 if source.last == levels[0] else 2 if source.last == 0.0 else 1] += 1
+    return tuple(count / pool.shape[0] for count in decided)
+
+
 def _p90(values: Sequence[float]) -> float:
     return float(np.percentile(values, 90))
 
@@ -100,9 +156,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per case; the quietest is kept")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16], help="batch sizes")
+    parser.add_argument("--logits", help="a .npy (N, V) array of real logits to use instead")
     args = parser.parse_args(argv)
-    pool = zipf_logits(np.random.default_rng(0), 64)
-    print(f"sampler per decode step, V={VOCAB}, best of {args.rounds} rounds of {args.steps} steps")
+    if args.logits:
+        pool = np.load(args.logits).astype(np.float32)
+        if pool.ndim != 2 or pool.shape[1] != VOCAB:
+            parser.error(f"--logits must hold a (N, {VOCAB}) array, got {pool.shape}")
+        source = f"{pool.shape[0]} rows from {args.logits}"
+    else:
+        pool, source = zipf_logits(np.random.default_rng(0), 64), "64 synthetic rows"
+    print(f"sampler per decode step, V={VOCAB}, {source}, best of {args.rounds} rounds of {args.steps} steps")
     print("milliseconds: median (p90); bookkeeping = build_columns + sample + record_step")
     print(f"{'parameters':24s} {'batch':>5s} {'sample':>15s} {'with bookkeeping':>18s} {'% of step':>10s}")
     for name, make in MIXES.items():
@@ -115,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{name:24s} {batch:5d} {statistics.median(sample_ms):7.3f} ({_p90(sample_ms):5.3f})"
                 f" {total:9.3f} ({_p90(total_ms):5.3f}) {share:>10s}"
             )
+    print("\nwhich candidate level decided the cut (share of rows): first tried, a lower one, whole row")
+    for name, case in LEVEL_CASES.items():
+        first, lower, whole = level_shares(pool, case)
+        print(f"{name:28s} {first:6.1%} {lower:6.1%} {whole:6.1%}")
 
 
 if __name__ == "__main__":
