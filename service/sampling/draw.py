@@ -9,8 +9,10 @@ reaches a threshold t = max(t_k, t_p, t_m):
 - min_p: t_m = min_p (relative to the top token's weight, which is 1).
 A full-vocabulary sort costs ~1 ms per row here, so t is computed on a candidate set {w >= level}, which
 is exactly the top of the sorted order: the level is lowered (2^-12, 2^-24, then the whole row) only
-when the candidates cannot prove where the cut falls. On real logits of the default model the first
-level decides almost every row (bench/sampler_bench.py measures it).
+when the candidates cannot prove where the cut falls. On 211 rows of the default model's real logits
+(bench/sampler_bench.py --logits) the first level decided every top_p 0.9 row at T 0.7 and 1, 89% of
+top_p 0.95 rows at T 1 and half of them at T 1.3 (the rest at 2^-24), every top_k row; the whole row
+(a full sort) never.
 
 The draw is inverse-CDF with the row's uniform u in [0, 1): the first kept token, in token-id order, whose
 float64 running weight exceeds u × (kept mass). An untruncated row does the same in two levels over a

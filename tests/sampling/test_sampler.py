@@ -166,20 +166,20 @@ def test_same_row_and_draw_give_the_same_token_in_any_batch(rows: np.ndarray) ->
 
 
 def test_logprobs_come_from_the_raw_distribution(rows: np.ndarray) -> None:
-    logits = rows[:3].copy()
+    logits = rows[:4].copy()
     logits[1, [100, 50]] = logits[1].max() + 2.0  # tied top tokens: listed by ascending id
     columns = make_columns(
-        3,
-        temperature=[0.0, 0.5, 1.0],
-        top_k=[0, 3, 0],
-        uniform=np.array([0.0, 0.3, 0.6]),
-        top_logprobs=[5, 2, -1],
+        4,
+        temperature=[0.0, 0.5, 1.0, 1.0],
+        top_k=[0, 3, 0, 0],
+        uniform=np.array([0.0, 0.3, 0.6, 0.2]),
+        top_logprobs=[5, 2, -1, 0],
         logit_bias=TokenValues(np.array([0]), np.array([7]), np.array([50.0], np.float32)),
     )
     result = sample(logits, columns)
     assert result.tokens[0] == 7  # the bias made it the argmax ...
     assert result.logprobs[2] is None
-    for row in (0, 1):
+    for row in (0, 1, 3):
         raw = logits[row].astype(np.float64)
         log_softmax = raw - raw.max() - math.log(np.exp(raw - raw.max()).sum())
         entry = result.logprobs[row]
@@ -190,6 +190,7 @@ def test_logprobs_come_from_the_raw_distribution(rows: np.ndarray) -> None:
         assert list(entry.top_ids) == expected_ids
         assert entry.top_logprobs == pytest.approx(log_softmax[expected_ids].tolist(), abs=1e-4)
     assert result.logprobs[1] is not None and result.logprobs[1].top_ids == (50, 100)
+    assert result.logprobs[3] is not None and result.logprobs[3].top_ids == ()
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
