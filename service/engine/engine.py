@@ -24,7 +24,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from service.engine.events import FinishReason, GenerationRequest, RequestFailed
-from service.engine.runner import ModelRunner
+from service.engine.factory import Runner
 from service.engine.sequence import ActiveRequest, Choice, EventSink
 from service.engine.slots import SlotTable, Swap
 from service.errors import (
@@ -61,14 +61,12 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(
-        self, runner: ModelRunner, tokenizer: Tokenizer, config: EngineConfig = EngineConfig()
-    ) -> None:
+    def __init__(self, runner: Runner, tokenizer: Tokenizer, config: EngineConfig = EngineConfig()) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.config = config
         self.card = runner.card
-        self.capacity = runner.kv_shape.capacity
+        self.capacity = runner.usable_capacity
         self.end_token_ids = frozenset(self.card.stop_token_ids)
         self.slots = SlotTable(runner.kv_shape.max_batch)
         self._commands: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
@@ -319,15 +317,18 @@ class Engine:
 
     def _sample_and_accept(self, choices: list[Choice], logits: np.ndarray) -> None:
         samplings = [c.sampling for c in choices]
+        columns = build_columns(samplings)
         try:
-            result = sample(logits, build_columns(samplings))
-        except NonFiniteLogits as exc:
-            for row in exc.rows:
+            result = sample(logits, columns)
+        except NonFiniteLogits as exc:  # fail those rows only; the rest keep their draws
+            bad = set(exc.rows)
+            for row in bad:
                 self._fail(choices[row].owner, EngineFailure(f"the model produced no usable logits: {exc}"))
-            keep = [i for i in range(len(choices)) if i not in set(exc.rows)]
-            if keep:
-                self._sample_and_accept([choices[i] for i in keep], logits[keep])
-            return
+            keep = [i for i in range(len(choices)) if i not in bad]
+            if not keep:
+                return
+            choices, samplings = [choices[i] for i in keep], [samplings[i] for i in keep]
+            result = sample(logits[keep], columns.select(keep))
         record_step(samplings, result.tokens)
         for choice, token, logprobs in zip(choices, result.tokens.tolist(), result.logprobs, strict=True):
             if not choice.finished:

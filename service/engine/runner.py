@@ -50,9 +50,12 @@ class RunnerOptions:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+DEFAULT_RUNNER_OPTIONS = RunnerOptions()
+
+
 class ModelRunner:
     def __init__(
-        self, model_dir: Path, options: RunnerOptions = RunnerOptions(), card: ModelCard | None = None
+        self, model_dir: Path, options: RunnerOptions = DEFAULT_RUNNER_OPTIONS, card: ModelCard | None = None
     ) -> None:
         self.card = card or load_card(model_dir)
         self.model_dir = model_dir
@@ -79,6 +82,7 @@ class ModelRunner:
             dtype=dtype,
         )
         self.kv = KVCache(self.kv_shape)
+        self.usable_capacity = capacity  # tokens a sequence may hold
         self.threads = options.threads or available_cores()
         self.session = self._create_session()
         self.vocab_size = self.card.vocab_size
