@@ -17,7 +17,7 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 PYTEST_ARGS ?=
 
-.PHONY: help setup proto model run test lint typecheck buf-lint pytest bench bench-quick clean
+.PHONY: help setup proto model run test lint typecheck buf-lint pytest bench bench-quick bench-llamacpp clean
 
 help:
 	@echo "make run    set up, prepare the default model, serve it on $(HOST):$(PORT) (PORT=N for another)"
@@ -67,10 +67,14 @@ pytest: model
 test: setup model buf-lint lint typecheck pytest
 
 # --- benchmarks ----------------------------------------------------------------------------------
-bench: model
+# llama.cpp (llama-cpp-python) is built into its own environment, bench/.venv-llamacpp, once (~6-13 min).
+bench-llamacpp:
+	bench/setup_llamacpp.sh
+
+bench: model bench-llamacpp
 	$(PY) -m bench.run
 
-bench-quick: model
+bench-quick: model bench-llamacpp
 	$(PY) -m bench.run --quick
 
 clean:

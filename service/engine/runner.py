@@ -48,6 +48,7 @@ class RunnerOptions:
     kv_capacity: int | None = None  # tokens per slot; None = the model's context window
     threads: int | None = None  # intra-op threads; None = all available cores
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    profile_prefix: str | None = None  # write an ONNX Runtime kernel profile (benchmark use)
 
 
 DEFAULT_RUNNER_OPTIONS = RunnerOptions()
@@ -59,6 +60,7 @@ class ModelRunner:
     ) -> None:
         self.card = card or load_card(model_dir)
         self.model_dir = model_dir
+        self.options = options
         capacity = options.kv_capacity or self.card.context_window
         if not 0 < capacity <= self.card.context_window:
             raise ModelError(
@@ -98,6 +100,9 @@ class ModelRunner:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        if self.options.profile_prefix is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = self.options.profile_prefix
         path = self.model_dir / self.card.graph.file
         try:
             return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

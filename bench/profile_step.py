@@ -1,0 +1,84 @@
+"""Where one decode step's time goes: ONNX Runtime kernels by op type (from ORT's own profiler), the
+run as a whole, and the sampler, at a given batch size. Python and gRPC shares come from comparing the
+subjects' rates (see run.py)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from service.engine.runner import ModelRunner, RunnerOptions
+from service.sampling import SamplingParams, SequenceSampling, build_columns, record_step, sample
+
+STEPS = 20
+
+
+def _kernel_ms(profile_file: str, steps: int) -> dict[str, float]:
+    """Milliseconds per step by op type, largest first."""
+    events = json.loads(Path(profile_file).read_text())
+    totals: defaultdict[str, float] = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time"):
+            totals[str(event["args"].get("op_name", "?"))] += float(event["dur"]) / 1000 / steps
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def profile_decode(model_dir: Path, batch: int, context: int, threads: int) -> dict[str, float]:
+    """Milliseconds per decode step of `batch` rows with `context` cached tokens each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        profiled = ModelRunner(
+            model_dir,
+            RunnerOptions(
+                max_batch=batch, kv_capacity=context + 64, threads=threads, profile_prefix=f"{tmp}/ort"
+            ),
+        )
+        tokens, cached = np.full(batch, 100), np.full(batch, context)
+        for _ in range(3):
+            profiled.decode(tokens, cached)
+        profiled.session.end_profiling()  # drop warm-up events: restart below on a fresh runner
+        profiled = ModelRunner(
+            model_dir,
+            RunnerOptions(
+                max_batch=batch, kv_capacity=context + 64, threads=threads, profile_prefix=f"{tmp}/ort"
+            ),
+        )
+        for _ in range(STEPS):
+            profiled.decode(tokens, cached)
+        kernels = _kernel_ms(profiled.session.end_profiling(), STEPS)
+    runner = ModelRunner(model_dir, RunnerOptions(max_batch=batch, kv_capacity=context + 64, threads=threads))
+    for _ in range(3):
+        runner.decode(tokens, cached)
+    walls = []
+    logits = np.zeros((batch, runner.vocab_size), np.float32)
+    for _ in range(STEPS):
+        start = time.perf_counter()
+        logits = runner.decode(tokens, cached).copy()
+        walls.append(time.perf_counter() - start)
+    seqs = [
+        SequenceSampling(
+            SamplingParams(temperature=0.0).validated(vocab_size=runner.vocab_size),
+            prompt_ids=[1],
+            end_token_ids=[2],
+            vocab_size=runner.vocab_size,
+        )
+        for _ in range(batch)
+    ]
+    sampler = []
+    for _ in range(STEPS):
+        start = time.perf_counter()
+        result = sample(logits, build_columns(seqs))
+        record_step(seqs, result.tokens)
+        sampler.append(time.perf_counter() - start)
+    top = dict(list(kernels.items())[:6])
+    rest = sum(kernels.values()) - sum(top.values())
+    return {
+        **{f"ORT {op}": ms for op, ms in top.items()},
+        "ORT other ops": rest,
+        "run() wall": 1000 * float(np.median(walls)),
+        "sampler (greedy)": 1000 * float(np.median(sampler)),
+    }
