@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from models.card import PRECISIONS
-from service.errors import ModelError
+from service.config import DEFAULT_MODEL_DIR, DEVICES, ServerConfig, build_config
+from service.errors import ParleyError
+
+log = logging.getLogger("parley")
 
 
 def _add_prepare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,10 +44,89 @@ def _run_prepare(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over gRPC",
+        description="Serve a model over gRPC. Every option can also come from its PARLEY_* environment "
+        "variable (e.g. PARLEY_PORT, PARLEY_MAX_BATCH); an option on the command line wins.",
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, help="port (default 50051; 0 picks a free port, which is logged)")
+    p.add_argument(
+        "--model", dest="model_dir", type=Path, help=f"model directory (default {DEFAULT_MODEL_DIR})"
+    )
+    p.add_argument(
+        "--template",
+        metavar="NAME|FILE",
+        help="chat template: a built-in name (chatml, llama-2, llama-3, mistral, zephyr, phi-3, gemma, "
+        "plain) or a Jinja file; default: the model's own",
+    )
+    p.add_argument("--max-batch", type=int, help="sequences decoded together (default 8)")
+    p.add_argument(
+        "--kv-capacity", type=int, help="tokens per sequence (default: the model's context window)"
+    )
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: every core)")
+    p.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
+    p.add_argument("--max-queued", type=int, help="requests waiting for a slot before refusing (default 256)")
+    p.add_argument(
+        "--grace-seconds", type=float, help="on SIGTERM, time running calls get to finish (default 10)"
+    )
+    p.add_argument(
+        "--reject-special-token-text",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refuse messages that spell control tokens (e.g. <|im_end|>) instead of encoding them as text",
+    )
+    p.add_argument("--default-max-tokens", type=int, help="max_tokens when a request leaves it unset")
+    p.add_argument(
+        "--session-idle-seconds", type=float, help="how long finished K/V stays reusable (default 600)"
+    )
+    p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 16 MiB)")
+    p.add_argument(
+        "--auto-prepare",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prepare the default model when it is missing (default on)",
+    )
+
+
+def _serve_config(ns: argparse.Namespace) -> ServerConfig:
+    """Options given on the command line (the parser leaves the others None), over PARLEY_* variables."""
+    given = {spec.name: getattr(ns, spec.name, None) for spec in dataclasses.fields(ServerConfig)}
+    return build_config(given, os.environ)
+
+
+def _ensure_default_model(config: ServerConfig) -> None:
+    """`parley serve` on a fresh checkout: prepare the default model once (about half a minute)."""
+    if (
+        not config.uses_default_model
+        or (config.model_dir / "model.json").is_file()
+        or not config.auto_prepare
+    ):
+        return
+    from models.prepare import PrepareRequest, prepare
+
+    log.info("the default model is not prepared yet: preparing it into %s (once)", config.model_dir)
+    prepare(
+        PrepareRequest(gguf=None, name=None, precision="int4", max_context=None, out=None),
+        show_progress=False,
+    )
+
+
+def _run_serve(ns: argparse.Namespace) -> int:
+    from service.server.app import serve
+
+    config = _serve_config(ns)
+    _ensure_default_model(config)
+    return asyncio.run(serve(config))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Parley: chat completions over gRPC.")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
     _add_prepare(sub)
     return parser
 
@@ -51,9 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if ns.command == "serve":
+            return _run_serve(ns)
         if ns.command == "prepare":
             return _run_prepare(ns)
-    except ModelError as exc:
+    except ParleyError as exc:
         print(f"parley {ns.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
