@@ -32,8 +32,8 @@ from service.server.requests import (
     TokenizeRequest,
     sampling_with,
 )
+from service.server.server_errors import Unavailable
 from service.server.spelling import TokenSpeller
-from service.server.status import Unavailable
 from service.templates import (
     BUILTIN_NAMES,
     ChatTemplate,

@@ -26,17 +26,11 @@ from service.errors import (
     ResourceExhausted,
     Unimplemented,
 )
+from service.server.server_errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1  # advertised in RetryInfo when admission is refused
-
-
-class Unavailable(ParleyError):
-    """The server cannot take requests now but will (warming up, draining, engine restarting): retry.
-
-    Belongs in service/errors.py beside FailedPrecondition, which means a state the caller must change.
-    """
 
 
 # Ordered most specific first: an error takes the code of the first class it is an instance of.

@@ -10,9 +10,10 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -29,12 +30,19 @@ MAX_BATCH = 4
 CALL_TIMEOUT = 60.0  # seconds: a hung call fails its test instead of hanging the run
 STARTUP_TIMEOUT = 180.0
 
+_T = TypeVar("_T")
+
 
 @dataclass(frozen=True)
 class LiveServer:
     target: str
     engine: Engine
     config: ServerConfig
+    loop: asyncio.AbstractEventLoop  # the server's own loop: grpc.aio objects must live on it
+
+    def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float = STARTUP_TIMEOUT) -> _T:
+        """Run a coroutine on the server's event loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until the engine has nothing running or queued (it processes cancels asynchronously)."""
@@ -86,7 +94,7 @@ def live_server(default_model_dir: Path) -> Iterator[LiveServer]:
         raise ready
     loop, shutdown = handles.get(timeout=1)
     try:
-        yield LiveServer(f"127.0.0.1:{ready.port}", ready.registry.default.engine, config)
+        yield LiveServer(f"127.0.0.1:{ready.port}", ready.registry.default.engine, config, loop)
     finally:
         loop.call_soon_threadsafe(shutdown.set)
         thread.join(timeout=30)
