@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from models.card import PRECISIONS
@@ -122,12 +122,113 @@ def _run_serve(ns: argparse.Namespace) -> int:
     return asyncio.run(serve(config))
 
 
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", help=f"server address (default: $PARLEY_TARGET or {DEFAULT_TARGET})")
+    p.add_argument("--model", default="", help="model name (default: the server's default model)")
+    p.add_argument("--temperature", type=float, help="0 is greedy (default: the server's, 1.0)")
+    p.add_argument("--max-tokens", type=int, help="most tokens per reply")
+    p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    p.add_argument("--timeout", type=float, help="seconds per call (default: none)")
+
+
+def _add_chat(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("chat", help="chat with a running server: one message, or a session on stdin")
+    p.add_argument("message", nargs="?", help="one user message; without it, chat line by line (Ctrl-D ends)")
+    p.add_argument("--system", default="", help="a system prompt")
+    _add_client_options(p)
+
+
+def _add_complete(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("complete", help="continue a raw prompt (no chat template) on a running server")
+    p.add_argument("prompt", help="the prompt text, fed to the model as is")
+    _add_client_options(p)
+
+
+def _target(ns: argparse.Namespace) -> str:
+    return str(ns.target or os.environ.get("PARLEY_TARGET") or DEFAULT_TARGET)
+
+
+def _print_stream(texts: Iterable[str]) -> None:
+    for text in texts:
+        print(text, end="", flush=True)
+    print()
+
+
+def _run_chat(ns: argparse.Namespace) -> int:
+    from parley_client import GenerationOptions, MessageLike, ParleyClient
+
+    options: GenerationOptions = {
+        "temperature": ns.temperature,
+        "max_tokens": ns.max_tokens,
+        "seed": ns.seed,
+        "stop": ns.stop,
+    }
+    with ParleyClient(_target(ns), timeout=ns.timeout) as client:
+        if ns.message is not None:
+            messages: list[MessageLike] = [("system", ns.system)] if ns.system else []
+            messages.append(("user", ns.message))
+            chunks = client.stream_chat(messages, model=ns.model, **options)
+            _print_stream(c.delta.content for chunk in chunks for c in chunk.choices)
+            return 0
+        with client.session(model=ns.model, system_prompt=ns.system, **options) as chat:
+            while True:
+                try:
+                    line = input("> ")
+                except EOFError:
+                    print()
+                    return 0
+                if not line.strip():
+                    continue
+                turn = chat.send(line)
+                try:
+                    _print_stream(c.delta.content for chunk in turn for c in chunk.choices)
+                except KeyboardInterrupt:  # Ctrl-C stops the reply, not the session
+                    turn.cancel()
+                    turn.result()
+                    print(" [stopped]")
+
+
+def _run_complete(ns: argparse.Namespace) -> int:
+    from parley_client import ParleyClient
+
+    with ParleyClient(_target(ns), timeout=ns.timeout) as client:
+        chunks = client.stream_complete(
+            ns.prompt,
+            model=ns.model,
+            temperature=ns.temperature,
+            max_tokens=ns.max_tokens,
+            seed=ns.seed,
+            stop=ns.stop,
+        )
+        _print_stream(c.text for chunk in chunks for c in chunk.choices)
+    return 0
+
+
+def _run_client_command(ns: argparse.Namespace) -> int:
+    from parley_client import ParleyRpcError
+
+    try:
+        return _run_chat(ns) if ns.command == "chat" else _run_complete(ns)
+    except ParleyRpcError as error:
+        hint = ""
+        if error.code.name == "UNAVAILABLE":
+            hint = f" (is `parley serve` running on {_target(ns)}?)"
+        print(f"parley {ns.command}: error: {error}{hint}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Parley: chat completions over gRPC.")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_prepare(sub)
+    _add_chat(sub)
+    _add_complete(sub)
     return parser
 
 
@@ -140,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_serve(ns)
         if ns.command == "prepare":
             return _run_prepare(ns)
+        if ns.command in ("chat", "complete"):
+            return _run_client_command(ns)
     except ParleyError as exc:
         print(f"parley {ns.command}: error: {exc}", file=sys.stderr)
         return 1
