@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Literal
 
 from tokenizers import Tokenizer
@@ -61,16 +60,16 @@ class TemplateInfo:
 
 
 def describe_template(template: ChatTemplate, override: str | None, card: ModelCard) -> TemplateInfo:
+    """What ModelInfo says about the template in use: a built-in by name, or Jinja with its source."""
     control = card.special_tokens
     stop_ids = tuple(control[text] for text in template.end_of_turn_tokens if text in control)
     source = template.compiled.source if isinstance(template, JinjaChatTemplate) else ""
-    chosen = override if override is not None else card.builtin_template
-    if chosen is not None and chosen in BUILTIN_NAMES and (override is not None or not card.chat_template):
-        return TemplateInfo("builtin", chosen, "", template.stop_strings, stop_ids)
-    if override is None:
+    if override is None and card.chat_template is not None:
         return TemplateInfo("jinja", "model", source, template.stop_strings, stop_ids)
-    name = Path(override).name if Path(override).is_file() else "custom"
-    return TemplateInfo("jinja", name, source, template.stop_strings, stop_ids)
+    chosen = override if override is not None else card.builtin_template
+    if chosen in BUILTIN_NAMES:
+        return TemplateInfo("builtin", template.name, "", template.stop_strings, stop_ids)
+    return TemplateInfo("jinja", template.name, source, template.stop_strings, stop_ids)  # a file's stem
 
 
 @dataclass(frozen=True)
