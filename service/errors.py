@@ -35,6 +35,13 @@ class FailedPrecondition(ParleyError):
     """The server is not in a state to do this (not warm yet, draining)."""
 
 
+class Unavailable(ParleyError):
+    """The server cannot take requests now but will (warming up, draining, engine restarting): retry.
+
+    FailedPrecondition, by contrast, is a state the caller must change (e.g. a second session `start`).
+    """
+
+
 class Unimplemented(ParleyError):
     """A request feature the contract carries but this build does not honour yet."""
 

@@ -30,10 +30,10 @@ from service.engine.slots import SlotTable, Swap
 from service.errors import (
     DeadlineExceeded,
     EngineFailure,
-    FailedPrecondition,
     InvalidArgument,
     ParleyError,
     ResourceExhausted,
+    Unavailable,
 )
 from service.sampling import NonFiniteLogits, build_columns, record_step, sample
 
@@ -91,7 +91,7 @@ class Engine:
     def submit(self, request: GenerationRequest, sink: EventSink) -> None:
         """Queue a request; its events go to `sink` from the engine thread."""
         if not self.healthy:
-            raise FailedPrecondition(f"the engine is not serving ({self.fatal_error or 'not started'})")
+            raise Unavailable(f"the engine is not serving ({self.fatal_error or 'not started'})")
         self._commands.put(("submit", (request, sink, time.monotonic())))
 
     def cancel(self, request_id: str) -> None:
@@ -154,7 +154,7 @@ class Engine:
                 return True
             block = False
             if kind == "stop":
-                self._fail_all(FailedPrecondition("the server is shutting down"))
+                self._fail_all(Unavailable("the server is shutting down"))
                 return False
             if kind == "submit":
                 self._enqueue(*payload)  # type: ignore[misc]

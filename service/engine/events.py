@@ -46,6 +46,7 @@ class ChoiceFinished:
     reason: FinishReason
     matched_stop: str | None  # the stop string that ended it, if one did
     text: str  # held-back text released at the end (never includes a matched stop string)
+    matched_token_id: int | None = None  # the stop token (end-of-sequence or requested) that ended it
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class Choice:
         params = self.sampling.params
         owner = self.owner
         if token in self.stop_ids:
-            self.finish(FinishReason.STOP, now)
+            self.finish(FinishReason.STOP, now, matched_token_id=token)
             return
         delta = self.text.push(token)
         owner.emit(
@@ -95,7 +95,13 @@ class Choice:
         elif self.total_tokens >= capacity:
             self.finish(FinishReason.CONTEXT_LENGTH, now)
 
-    def finish(self, reason: FinishReason, now: float, matched_stop: str | None = None) -> None:
+    def finish(
+        self,
+        reason: FinishReason,
+        now: float,
+        matched_stop: str | None = None,
+        matched_token_id: int | None = None,
+    ) -> None:
         if self.finished:
             return
         self.finished = True
@@ -106,7 +112,11 @@ class Choice:
             text = tail.text
             if tail.stop is not None:
                 reason, matched_stop = FinishReason.STOP, tail.stop
-        self.owner.emit(ChoiceFinished(self.owner.request.request_id, self.index, reason, matched_stop, text))
+        self.owner.emit(
+            ChoiceFinished(
+                self.owner.request.request_id, self.index, reason, matched_stop, text, matched_token_id
+            )
+        )
 
 
 @dataclass

@@ -31,7 +31,8 @@ class SamplingParams:
     """How to pick each next token of one request.
 
     temperature: 0 = greedy (argmax); otherwise logits are divided by it. In [0, 2], default 1.
-    top_k: keep the k most likely tokens (and tokens tied with the k-th); None or 0 = no limit.
+    top_k: keep the k most likely tokens (and tokens tied with the k-th); >= 1, None = no limit (zero
+        is rejected: on the wire zero must never mean unset).
     top_p: keep the smallest set of most likely tokens whose probability reaches top_p; (0, 1], 1 = off.
     min_p: keep tokens whose probability is at least min_p × the top token's; [0, 1], 0 = off.
     repetition_penalty: llama.cpp / Hugging Face style, over prompt and generated tokens: a positive logit
@@ -82,8 +83,8 @@ class SamplingParams:
 
 def _verify(params: SamplingParams, vocab_size: int) -> None:
     _check_range("temperature", params.temperature, 0.0, MAX_TEMPERATURE)
-    if params.top_k is not None and params.top_k < 0:
-        raise InvalidArgument("top_k", f"must be >= 0 (0 or unset means no limit), got {params.top_k}")
+    if params.top_k is not None and params.top_k < 1:
+        raise InvalidArgument("top_k", f"must be >= 1 (leave it unset for no limit), got {params.top_k}")
     _check_finite("top_p", params.top_p)
     if not 0.0 < params.top_p <= 1.0:
         raise InvalidArgument("top_p", f"must be in (0, 1], got {params.top_p}")
@@ -127,7 +128,7 @@ def _verify(params: SamplingParams, vocab_size: int) -> None:
 
 def _normalised(params: SamplingParams, vocab_size: int) -> SamplingParams:
     temperature = 0.0 if params.temperature < GREEDY_TEMPERATURE else float(params.temperature)
-    top_k = params.top_k if params.top_k and params.top_k < vocab_size else None
+    top_k = params.top_k if params.top_k is not None and params.top_k < vocab_size else None
     top_p, min_p = float(params.top_p), float(params.min_p)
     if temperature == 0.0:  # truncation cannot change the argmax: switch it off so no stage runs for it
         top_k, top_p, min_p = None, 1.0, 0.0

@@ -60,6 +60,7 @@ class ChoiceOutput:
     logprobs: list[tuple[int, TokenLogprobs]] = field(default_factory=list)  # (token id, logprobs)
     reason: FinishReason | None = None
     matched_stop: str | None = None
+    matched_token_id: int | None = None
 
     @property
     def text(self) -> str:
@@ -73,6 +74,7 @@ class ChoiceOutput:
             self.parts.append(event.text)
             self.reason = event.reason
             self.matched_stop = event.matched_stop
+            self.matched_token_id = event.matched_token_id
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from service.engine.engine import Engine, EngineConfig
 from service.engine.events import EngineEvent, GenerationRequest
 from service.engine.factory import create_runner
 from service.engine.runner import RunnerOptions
-from service.errors import InvalidArgument, NotFound, Unimplemented
+from service.errors import InvalidArgument, NotFound, Unavailable, Unimplemented
 from service.requests import Message, Role
 from service.sampling import SamplingParams
 from service.server.requests import (
@@ -31,7 +31,6 @@ from service.server.requests import (
     TokenizeRequest,
     sampling_with,
 )
-from service.server.server_errors import Unavailable
 from service.server.spelling import TokenSpeller
 from service.templates import (
     BUILTIN_NAMES,

@@ -24,9 +24,9 @@ from service.errors import (
     NotFound,
     ParleyError,
     ResourceExhausted,
+    Unavailable,
     Unimplemented,
 )
-from service.server.server_errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,10 @@ INVALID = [
     pytest.param({"top_p": 1.5}, "top_p", r"must be in \(0, 1\], got 1.5", id="top_p-high"),
     pytest.param({"top_p": 0.0}, "top_p", r"must be in \(0, 1\], got 0.0", id="top_p-zero"),
     pytest.param({"top_p": math.inf}, "top_p", "must be a finite number, got inf", id="top_p-inf"),
-    pytest.param({"top_k": -1}, "top_k", "must be >= 0 .* got -1", id="top_k-negative"),
+    pytest.param({"top_k": -1}, "top_k", "must be >= 1 .* got -1", id="top_k-negative"),
+    pytest.param(
+        {"top_k": 0}, "top_k", r"must be >= 1 \(leave it unset for no limit\), got 0", id="top_k-zero"
+    ),
     pytest.param({"min_p": 1.2}, "min_p", r"must be in \[0, 1\], got 1.2", id="min_p-high"),
     pytest.param({"repetition_penalty": 0.0}, "repetition_penalty", "must be > 0", id="repetition-zero"),
     pytest.param({"repetition_penalty": -math.inf}, "repetition_penalty", "finite", id="repetition-inf"),
@@ -72,7 +75,6 @@ NORMALISED = [
         {"temperature": 0.0, "top_k": None, "top_p": 1.0},
         id="tiny-temperature-is-greedy",
     ),
-    pytest.param({"top_k": 0}, {"top_k": None}, id="top_k-zero-is-off"),
     pytest.param({"top_k": VOCAB}, {"top_k": None}, id="top_k-vocab-is-off"),
     pytest.param({"seed": -1}, {"seed": 2**64 - 1}, id="negative-seed"),
     pytest.param({"stop": ("a", "b", "a")}, {"stop": ("a", "b")}, id="duplicate-stops"),

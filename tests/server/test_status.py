@@ -7,7 +7,7 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 
 from service import errors
-from service.server.server_errors import Unavailable
+from service.errors import Unavailable
 from service.server.status import rpc_status, status_code
 
 

@@ -93,6 +93,8 @@ def _chat_choice(output: ChoiceOutput, speller: TokenSpeller, with_logprobs: boo
     )
     if output.matched_stop is not None:
         choice.stop_string = output.matched_stop
+    elif output.matched_token_id is not None:
+        choice.stop_token_id = output.matched_token_id
     if with_logprobs:
         choice.logprobs.CopyFrom(logprobs(output.logprobs, speller))
     return choice
@@ -119,6 +121,8 @@ def _completion_choice(output: ChoiceOutput, speller: TokenSpeller, with_logprob
     )
     if output.matched_stop is not None:
         choice.stop_string = output.matched_stop
+    elif output.matched_token_id is not None:
+        choice.stop_token_id = output.matched_token_id
     if with_logprobs:
         choice.logprobs.CopyFrom(logprobs(output.logprobs, speller))
     return choice
@@ -157,6 +161,8 @@ def chat_chunk(
         choice.finish_reason = finish_reason(event.reason)
         if event.matched_stop is not None:
             choice.stop_string = event.matched_stop
+        elif event.matched_token_id is not None:
+            choice.stop_token_id = event.matched_token_id
     return ChatCompletionChunk(
         id=call.id,
         model=call.model,
@@ -196,6 +202,8 @@ def completion_chunk(
         choice.finish_reason = finish_reason(event.reason)
         if event.matched_stop is not None:
             choice.stop_string = event.matched_stop
+        elif event.matched_token_id is not None:
+            choice.stop_token_id = event.matched_token_id
     return CompletionChunk(
         id=call.id,
         model=call.model,
