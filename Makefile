@@ -29,7 +29,10 @@ help:
 $(SETUP_STAMP): pyproject.toml client/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]' -e client/python
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# compat mode: a path entry, so the stubs generated into client/python/parley after this install
+	# are importable (the default editable finder only maps packages that exist at install time).
+	$(PY) -m pip install --quiet -e client/python --config-settings editable_mode=compat
 	touch $@
 
 # Python stubs are generated from the .proto files, never edited by hand (client/python/parley/ is ignored).
