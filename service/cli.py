@@ -221,6 +221,20 @@ def _run_client_command(ns: argparse.Namespace) -> int:
         return 1
 
 
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser(
+        "bench",
+        help="benchmark beside llama.cpp (`parley bench --help` for its options)",
+        add_help=False,  # --help goes to the benchmark's own parser
+    )
+
+
+def _run_bench(args: list[str]) -> int:
+    from bench.run import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Parley: chat completions over gRPC.")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -229,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_chat(sub)
     _add_complete(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -237,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # those cores, and our numpy work is small. Set before numpy loads (nothing above imports it).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra and ns.command != "bench":  # only the benchmark takes options of its own
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if ns.command == "serve":
@@ -246,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_prepare(ns)
         if ns.command in ("chat", "complete"):
             return _run_client_command(ns)
+        if ns.command == "bench":
+            return _run_bench(extra)
     except ParleyError as exc:
         print(f"parley {ns.command}: error: {exc}", file=sys.stderr)
         return 1
