@@ -168,6 +168,7 @@ class CudaModelRunner:
         self.usable_capacity = self.capacity - 1  # the last position is the padding rows' scratch
         self.vocab_size = self.card.vocab_size
         self.session = self._create_session()
+        self.warm_up_batch_sizes = tuple(batch_buckets(options.max_batch))  # one CUDA graph each
         self._buckets = {
             size: _Bucket(self, size, graph_id)
             for graph_id, size in enumerate(batch_buckets(options.max_batch), 1)

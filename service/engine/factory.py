@@ -23,6 +23,7 @@ class Runner(Protocol):
     card: ModelCard
     kv_shape: KVShape
     usable_capacity: int
+    warm_up_batch_sizes: tuple[int, ...]  # decode shapes to run once before serving
 
     @property
     def kv(self) -> SlotStore: ...

@@ -85,6 +85,7 @@ class ModelRunner:
         )
         self.kv = KVCache(self.kv_shape)
         self.usable_capacity = capacity  # tokens a sequence may hold
+        self.warm_up_batch_sizes: tuple[int, ...] = (1, options.max_batch)  # the largest touches every KV row
         self.threads = options.threads or available_cores()
         self.session = self._create_session()
         self.vocab_size = self.card.vocab_size
