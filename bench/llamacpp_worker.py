@@ -5,6 +5,8 @@ Commands:
   {"op": "load", "gguf": path, "n_ctx": int, "threads": int}
   {"op": "generate", "id": str, "prompt": [ids], "max_tokens": int}  greedy, end-of-sequence suppressed;
       answers {"id", "submitted", "token_times": [...], "cached": int}
+  {"op": "graph", "prompt": [ids], "steps": int}  the model alone (no sampling): prefill time of the
+      prompt, then `steps` single-token evaluations; answers {"prefill_s", "decode_s": [...]}
   {"op": "rss"}  peak resident memory of this process in bytes
 Requests are served one at a time, as llama-cpp-python serves them; time waiting in line counts.
 """
@@ -73,6 +75,18 @@ def main() -> None:
                 "id": command["id"], "submitted": submitted, "token_times": times,
                 "cached": min(shared, len(prompt) - 1), "text": text,
             }  # fmt: skip
+        elif op == "graph":
+            model.reset()
+            start = time.monotonic()
+            model.eval(command["prompt"])
+            prefill = time.monotonic() - start
+            steps = []
+            for _ in range(command["steps"]):
+                start = time.monotonic()
+                model.eval([command["prompt"][-1]])
+                steps.append(time.monotonic() - start)
+            model.reset()
+            reply = {"prefill_s": prefill, "decode_s": steps}
         elif op == "rss":
             reply = {"rss": peak_rss()}
         else:

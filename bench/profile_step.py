@@ -82,3 +82,34 @@ def profile_decode(model_dir: Path, batch: int, context: int, threads: int) -> d
         "run() wall": 1000 * float(np.median(walls)),
         "sampler (greedy)": 1000 * float(np.median(sampler)),
     }
+
+
+def graph_speed(
+    model_dir: Path, threads: int, batches: tuple[int, ...], context: int, prompt: list[int]
+) -> dict[str, float]:
+    """The ONNX graph alone (issue 2's figure): milliseconds per decode step at each batch size with
+    `context` cached tokens per row, and prefill tokens per second for `prompt`."""
+    runner = ModelRunner(
+        model_dir,
+        RunnerOptions(max_batch=max(batches), kv_capacity=max(context, len(prompt)) + 8, threads=threads),
+    )
+    out: dict[str, float] = {}
+    for batch in batches:
+        tokens, cached = np.full(batch, 100), np.full(batch, context)
+        for _ in range(3):
+            runner.decode(tokens, cached)
+        walls = []
+        for _ in range(STEPS):
+            start = time.perf_counter()
+            runner.decode(tokens, cached)
+            walls.append(time.perf_counter() - start)
+        out[f"decode_ms_batch_{batch}"] = 1000 * float(np.median(walls))
+    ids = np.asarray(prompt, dtype=np.int64)
+    runner.prefill(0, ids, 0)
+    walls = []
+    for _ in range(3):
+        start = time.perf_counter()
+        runner.prefill(0, ids, 0)
+        walls.append(time.perf_counter() - start)
+    out["prefill_tok_s"] = len(prompt) / float(np.median(walls))
+    return out

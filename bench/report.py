@@ -106,6 +106,21 @@ def table(results: dict[str, Any]) -> str:
         "| measure | Parley gRPC | Parley engine | llama.cpp | gRPC / llama.cpp |",
         "|---|---|---|---|---|",
     ]
+    graph = results.get("graph", {})
+    if graph:
+        ours, theirs = graph.get("parley-graph", {}), graph.get(LLAMA, {})
+        for batch in (1, 4, 8):
+            key = f"decode_ms_batch_{batch}"
+            mine = ours.get(key)
+            base = theirs.get(key) if batch == 1 else None
+            rate = f"{1000 * batch / mine:.0f} tok/s" if mine else "-"
+            ratio = f"{base / mine:.2f}x faster" if mine and base else "-"
+            label = f"model alone: decode step, batch {batch} (ms; {rate})"
+            lines.append(f"| {label} | {_fmt(mine)} | - | {_fmt(base)} | {ratio} |")
+        mine, base = ours.get("prefill_tok_s"), theirs.get("prefill_tok_s")
+        ratio = f"{mine / base:.2f}x" if mine and base else "-"
+        label = f"model alone: prefill, {graph.get('prompt_tokens')}-token prompt (tok/s)"
+        lines.append(f"| {label} | {_fmt(mine)} | - | {_fmt(base)} | {ratio} |")
     single = results.get("single_stream", {})
     lines.append(_row("single-stream decode (tok/s)", single, "decode_tok_s", True))
     lines.append(_row("single-stream inter-token p50 (ms)", single, "itl_p50_ms", False))

@@ -23,7 +23,7 @@ from typing import Any
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from bench.profile_step import profile_decode
+from bench.profile_step import graph_speed, profile_decode
 from bench.report import GRPC, LLAMA, table, write
 from bench.scenarios import Plan, Prompts, concurrency, conversation, single_stream, time_to_first_token
 from bench.subjects import BenchModel, EngineSubject, GrpcSubject, LlamaCppSubject, Subject
@@ -85,6 +85,28 @@ async def session_scenario(subject: GrpcSubject, plan: Plan, progress: Any) -> d
     }
 
 
+async def graph_scenario(
+    args: argparse.Namespace, llama: LlamaCppSubject | None, prompts: Prompts, quick: bool, progress: Any
+) -> dict[str, Any]:
+    """The model alone, without engine, sampling or transport: Parley's ONNX graph (decode steps at batch
+    1/4/8, prefill) beside llama.cpp's own evaluation (batch 1, prefill), interleaved, medians."""
+    prompt = prompts.make(128 if quick else 512)
+    runs: dict[str, list[dict[str, float]]] = {"parley-graph": [], LLAMA: []}
+    for _ in range(1 if quick else 3):
+        progress("the model alone: parley-graph")
+        runs["parley-graph"].append(graph_speed(args.model_dir, args.threads, (1, 4, 8), 128, prompt))
+        if llama is not None:
+            progress("the model alone: llama.cpp")
+            prefill_s, steps = await llama.graph(prompt, 20 if quick else 40)
+            runs[LLAMA].append(
+                {"decode_ms_batch_1": 1000 * median(steps), "prefill_tok_s": len(prompt) / prefill_s}
+            )
+    return {name: {key: median([r[key] for r in rs]) for key in rs[0]} for name, rs in runs.items() if rs} | {
+        "prompt_tokens": len(prompt),
+        "context": 128,
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = Plan.quick() if args.quick else Plan.full()
     card = load_card(args.model_dir)
@@ -119,6 +141,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         subjects.append(grpc_subject)
         subjects.append(EngineSubject(model))
         why_not = LlamaCppSubject.available() if not args.no_llamacpp else "--no-llamacpp"
+        llama: LlamaCppSubject | None = None
         if why_not is None:
             llama = LlamaCppSubject(model)
             await llama.start()
@@ -131,6 +154,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for subject in subjects:  # warm-up: first calls pay for allocations and thread start-up
             await subject.stream(prompts.make(32), 4)
         bar.update()
+        results["graph"] = await graph_scenario(args, llama, prompts, args.quick, progress)
         results["single_stream"] = await single_stream(subjects, prompts, plan, progress)
         bar.update()
         results["ttft"] = await time_to_first_token(subjects, prompts, plan, progress)

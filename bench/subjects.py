@@ -247,6 +247,13 @@ class LlamaCppSubject:
             str(reply.get("text", "")),
         )
 
+    async def graph(self, prompt: Sequence[int], steps: int) -> tuple[float, list[float]]:
+        """llama.cpp's model alone: prefill seconds for `prompt`, then seconds per single-token step."""
+        reply = await self._call({"op": "graph", "prompt": list(prompt), "steps": steps})
+        prefill, decode = reply["prefill_s"], reply["decode_s"]
+        assert isinstance(prefill, float) and isinstance(decode, list)
+        return prefill, [float(x) for x in decode]
+
     def peak_rss(self) -> int | None:
         return None if self.process is None else _peak_rss_of(self.process.pid)
 

@@ -49,6 +49,7 @@ def test_quick_run_writes_every_result(
         assert results["ttft"]["128"][subject]["ttft_ms"] > 0
         assert results["concurrency"]["4"][subject]["aggregate_tok_s"] > 0
         assert len(results["conversation"][subject]["ttft_ms_per_turn"]) == 3
+    assert results["graph"]["parley-graph"]["decode_ms_batch_8"] > 0
     session = results["session"]
     assert len(session["cached_tokens_per_turn"]) == 3
     assert session["cached_tokens_per_turn"][1] > 0  # the session's second turn reuses its K/V
