@@ -92,7 +92,7 @@ async def graph_scenario(
     1/4/8, prefill) beside llama.cpp's own evaluation (batch 1, prefill), interleaved, medians."""
     prompt = prompts.make(128 if quick else 512)
     runs: dict[str, list[dict[str, float]]] = {"parley-graph": [], LLAMA: []}
-    for _ in range(1 if quick else 3):
+    for _ in range(1 if quick else 5):
         progress("the model alone: parley-graph")
         runs["parley-graph"].append(graph_speed(args.model_dir, args.threads, (1, 4, 8), 128, prompt))
         if llama is not None:
@@ -101,10 +101,18 @@ async def graph_scenario(
             runs[LLAMA].append(
                 {"decode_ms_batch_1": 1000 * median(steps), "prefill_tok_s": len(prompt) / prefill_s}
             )
-    return {name: {key: median([r[key] for r in rs]) for key in rs[0]} for name, rs in runs.items() if rs} | {
-        "prompt_tokens": len(prompt),
-        "context": 128,
+    out: dict[str, Any] = {
+        name: {key: median([r[key] for r in rs]) for key in rs[0]} for name, rs in runs.items() if rs
     }
+    if runs[LLAMA]:  # back-to-back pairs: drift on a shared machine cancels within a pair
+        pairs = list(zip(runs["parley-graph"], runs[LLAMA], strict=True))
+        out["paired"] = {
+            "decode_batch_1_speedup": median(
+                [b["decode_ms_batch_1"] / a["decode_ms_batch_1"] for a, b in pairs]
+            ),
+            "prefill_speedup": median([a["prefill_tok_s"] / b["prefill_tok_s"] for a, b in pairs]),
+        }
+    return out | {"prompt_tokens": len(prompt), "context": 128}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

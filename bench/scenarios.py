@@ -33,7 +33,7 @@ class Plan:
 
     @staticmethod
     def full() -> Plan:
-        return Plan(128, 3, (128, 512), 3, (1, 2, 4, 8, 16), 128, 2, 6, 48)
+        return Plan(128, 6, (128, 512), 3, (1, 2, 4, 8, 16), 128, 2, 6, 48)
 
     @staticmethod
     def quick() -> Plan:
@@ -73,6 +73,7 @@ async def single_stream(
     return {
         name: {
             "decode_tok_s": median([r.decode_rate for r in rs]),
+            "decode_tok_s_reps": [r.decode_rate for r in rs],  # one per repetition, in order: pairs by rep
             "itl_p50_ms": 1000 * median([x for r in rs for x in r.inter_token]),
             "itl_p95_ms": 1000 * percentile([x for r in rs for x in r.inter_token], 95),
         }
