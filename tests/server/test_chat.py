@@ -29,6 +29,7 @@ def test_unary_chat_answers_and_counts_usage(client: ParleyClient) -> None:
     assert "Paris" in choice.message.content
     assert choice.finish_reason == common_pb2.FINISH_REASON_STOP  # the model's own end of turn
     assert not choice.HasField("stop_string")
+    assert choice.stop_token_id == 2  # <|im_end|>, the end-of-turn token that stopped it
     usage = reply.usage
     rendered = client.render_prompt(CAPITAL)
     assert usage.prompt_tokens == len(rendered.token_ids)
@@ -73,7 +74,7 @@ def test_stop_string_ends_with_stop_and_is_not_returned(client: ParleyClient) ->
     reply = client.chat(counting, temperature=0, max_tokens=30, stop=[stop])
     choice = reply.choices[0]
     assert choice.finish_reason == common_pb2.FINISH_REASON_STOP
-    assert choice.stop_string == stop
+    assert choice.stop_string == stop and not choice.HasField("stop_token_id")
     assert stop not in choice.message.content
     assert free.startswith(choice.message.content)
 

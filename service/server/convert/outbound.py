@@ -82,6 +82,17 @@ def logprobs(entries: Sequence[tuple[int, TokenLogprobs]], speller: TokenSpeller
     )
 
 
+_WithMatchedStop = Choice | CompletionChoice | ChunkChoice | CompletionChunkChoice
+
+
+def _set_matched_stop(choice: _WithMatchedStop, text: str | None, token_id: int | None) -> None:
+    """What ended a FINISH_REASON_STOP choice: the stop string, else the stop token (a oneof)."""
+    if text is not None:
+        choice.stop_string = text
+    elif token_id is not None:
+        choice.stop_token_id = token_id
+
+
 def _assistant(text: str) -> ChatMessage:
     return ChatMessage(role=message_pb2.ROLE_ASSISTANT, content=text)
 
@@ -91,10 +102,7 @@ def _chat_choice(output: ChoiceOutput, speller: TokenSpeller, with_logprobs: boo
     choice = Choice(
         index=output.index, message=_assistant(output.text), finish_reason=finish_reason(output.reason)
     )
-    if output.matched_stop is not None:
-        choice.stop_string = output.matched_stop
-    elif output.matched_token_id is not None:
-        choice.stop_token_id = output.matched_token_id
+    _set_matched_stop(choice, output.matched_stop, output.matched_token_id)
     if with_logprobs:
         choice.logprobs.CopyFrom(logprobs(output.logprobs, speller))
     return choice
@@ -119,10 +127,7 @@ def _completion_choice(output: ChoiceOutput, speller: TokenSpeller, with_logprob
     choice = CompletionChoice(
         index=output.index, text=output.text, finish_reason=finish_reason(output.reason)
     )
-    if output.matched_stop is not None:
-        choice.stop_string = output.matched_stop
-    elif output.matched_token_id is not None:
-        choice.stop_token_id = output.matched_token_id
+    _set_matched_stop(choice, output.matched_stop, output.matched_token_id)
     if with_logprobs:
         choice.logprobs.CopyFrom(logprobs(output.logprobs, speller))
     return choice
@@ -159,10 +164,7 @@ def chat_chunk(
             )
     else:
         choice.finish_reason = finish_reason(event.reason)
-        if event.matched_stop is not None:
-            choice.stop_string = event.matched_stop
-        elif event.matched_token_id is not None:
-            choice.stop_token_id = event.matched_token_id
+        _set_matched_stop(choice, event.matched_stop, event.matched_token_id)
     return ChatCompletionChunk(
         id=call.id,
         model=call.model,
@@ -200,10 +202,7 @@ def completion_chunk(
             )
     else:
         choice.finish_reason = finish_reason(event.reason)
-        if event.matched_stop is not None:
-            choice.stop_string = event.matched_stop
-        elif event.matched_token_id is not None:
-            choice.stop_token_id = event.matched_token_id
+        _set_matched_stop(choice, event.matched_stop, event.matched_token_id)
     return CompletionChunk(
         id=call.id,
         model=call.model,
