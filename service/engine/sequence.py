@@ -36,8 +36,8 @@ def choice_params(params: SamplingParams, index: int) -> SamplingParams:
 
 class Choice:
     """One output sequence. `tokens` are the prompt then every generated token; the first `n_cached`
-    of them have their K/V in the slot. The newest sampled token is `pending` until a decode step
-    feeds it to the model."""
+    of them have their K/V in the slot. `pending` is the next token a decode step feeds the model:
+    the prompt's last token at first (see Engine._prefill_step), then each newly sampled one."""
 
     def __init__(
         self,
