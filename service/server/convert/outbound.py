@@ -93,6 +93,29 @@ def _set_matched_stop(choice: _WithMatchedStop, text: str | None, token_id: int 
         choice.stop_token_id = token_id
 
 
+def _fill_unary(
+    choice: Choice | CompletionChoice, output: ChoiceOutput, speller: TokenSpeller, with_logprobs: bool
+) -> None:
+    """What chat and completion choices share: how the choice ended and its logprobs."""
+    _set_matched_stop(choice, output.matched_stop, output.matched_token_id)
+    if with_logprobs:
+        choice.logprobs.CopyFrom(logprobs(output.logprobs, speller))
+
+
+def _fill_chunk(
+    choice: ChunkChoice | CompletionChunkChoice, event: TokenEvent | ChoiceFinished, speller: TokenSpeller
+) -> None:
+    """What chat and completion chunks share: a token event's logprobs, or how the choice ended."""
+    if isinstance(event, TokenEvent):
+        if event.logprobs:
+            choice.logprobs.CopyFrom(
+                logprobs(list(zip(event.token_ids, event.logprobs, strict=False)), speller)
+            )
+    else:
+        choice.finish_reason = finish_reason(event.reason)
+        _set_matched_stop(choice, event.matched_stop, event.matched_token_id)
+
+
 def _assistant(text: str) -> ChatMessage:
     return ChatMessage(role=message_pb2.ROLE_ASSISTANT, content=text)
 
@@ -102,9 +125,7 @@ def _chat_choice(output: ChoiceOutput, speller: TokenSpeller, with_logprobs: boo
     choice = Choice(
         index=output.index, message=_assistant(output.text), finish_reason=finish_reason(output.reason)
     )
-    _set_matched_stop(choice, output.matched_stop, output.matched_token_id)
-    if with_logprobs:
-        choice.logprobs.CopyFrom(logprobs(output.logprobs, speller))
+    _fill_unary(choice, output, speller, with_logprobs)
     return choice
 
 
@@ -127,9 +148,7 @@ def _completion_choice(output: ChoiceOutput, speller: TokenSpeller, with_logprob
     choice = CompletionChoice(
         index=output.index, text=output.text, finish_reason=finish_reason(output.reason)
     )
-    _set_matched_stop(choice, output.matched_stop, output.matched_token_id)
-    if with_logprobs:
-        choice.logprobs.CopyFrom(logprobs(output.logprobs, speller))
+    _fill_unary(choice, output, speller, with_logprobs)
     return choice
 
 
@@ -155,16 +174,9 @@ def chat_chunk(
     choice = ChunkChoice(index=event.index, delta=Delta(content=event.text))
     if first:
         choice.delta.role = message_pb2.ROLE_ASSISTANT
-    if isinstance(event, TokenEvent):
-        if not (event.text or event.logprobs or first):
-            return None
-        if event.logprobs:
-            choice.logprobs.CopyFrom(
-                logprobs(list(zip(event.token_ids, event.logprobs, strict=False)), speller)
-            )
-    else:
-        choice.finish_reason = finish_reason(event.reason)
-        _set_matched_stop(choice, event.matched_stop, event.matched_token_id)
+    if isinstance(event, TokenEvent) and not (event.text or event.logprobs or first):
+        return None
+    _fill_chunk(choice, event, speller)
     return ChatCompletionChunk(
         id=call.id,
         model=call.model,
@@ -193,16 +205,9 @@ def completion_chunk(
 ) -> CompletionChunk | None:
     """As chat_chunk, for a raw-prompt completion."""
     choice = CompletionChunkChoice(index=event.index, text=event.text)
-    if isinstance(event, TokenEvent):
-        if not (event.text or event.logprobs):
-            return None
-        if event.logprobs:
-            choice.logprobs.CopyFrom(
-                logprobs(list(zip(event.token_ids, event.logprobs, strict=False)), speller)
-            )
-    else:
-        choice.finish_reason = finish_reason(event.reason)
-        _set_matched_stop(choice, event.matched_stop, event.matched_token_id)
+    if isinstance(event, TokenEvent) and not (event.text or event.logprobs):
+        return None
+    _fill_chunk(choice, event, speller)
     return CompletionChunk(
         id=call.id,
         model=call.model,
