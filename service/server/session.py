@@ -160,7 +160,11 @@ class Session:
                 elif isinstance(event, RequestFinished):
                     assert ending is not None  # a request finishes after its choices
                     text = "".join(reply)
-                    self.history = _with_reply(list(fitted.messages), text)
+                    if text or fitted.messages[-1].role is Role.ASSISTANT:
+                        self.history = _with_reply(list(fitted.messages), text)
+                    # else an empty reply (cancelled before its first token, or an immediate end of
+                    # turn) would leave an assistant message without content, which the next turn's
+                    # validation rejects: such a turn leaves the conversation as it was.
                     log.info("session %s turn %s: %s", self.id, turn.id, event.usage)
                     self.outbox.put_nowait(
                         outbound.session_done(

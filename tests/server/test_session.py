@@ -74,12 +74,11 @@ def test_cancelling_a_queued_turn_means_it_never_runs(client: ParleyClient) -> N
         assert skipped.message.content == ""
         assert not skipped.HasField("usage")
         after = chat.ask("Hello!", max_tokens=1)
-    # The skipped turn's message never joined the conversation.
-    expected: list[MessageLike] = [
-        ("user", LONG),
-        ("assistant", running.result().message.content),
-        ("user", "Hello!"),
-    ]
+    # The skipped turn's message never joined the conversation. The running turn joined it with what it
+    # generated before the cancel; cancelled before its first token, it left the conversation alone.
+    reply = running.result().message.content
+    expected: list[MessageLike] = [("user", LONG), ("assistant", reply)] if reply else []
+    expected.append(("user", "Hello!"))
     assert after.usage.prompt_tokens == len(client.render_prompt(expected).token_ids)
 
 
@@ -208,3 +207,14 @@ def test_a_start_that_cannot_open_ends_the_call(
     session = RawSession(chat_stub)
     session.write(ChatSessionRequest(start=start))
     assert session.finish() == ([], code)
+
+
+def test_an_empty_reply_leaves_the_conversation_alone(client: ParleyClient) -> None:
+    """An assistant message without content is invalid for the next turn, so a turn that produced no
+    text (here: the end-of-turn token forced first) does not join the conversation."""
+    with client.session(temperature=0) as chat:
+        empty = chat.ask("Say nothing.", logit_bias={2: 100.0}, max_tokens=4)
+        assert empty.message.content == ""
+        assert empty.finish_reason == common_pb2.FINISH_REASON_STOP
+        after = chat.ask("Hello!", max_tokens=1)
+    assert after.usage.prompt_tokens == len(client.render_prompt([("user", "Hello!")]).token_ids)
