@@ -40,7 +40,12 @@ $(STUBS_STAMP): $(PROTOS) client/python/generate_stubs.py $(SETUP_STAMP)
 	$(PY) client/python/generate_stubs.py --proto-root proto --out client/python
 	touch $@
 
-setup: $(SETUP_STAMP) $(STUBS_STAMP)
+# Parley's ONNX Runtime custom ops, compiled for this machine's CPU (the runner decodes with them).
+KERNELS := service/engine/kernels/build/libparley_ops.so
+$(KERNELS): service/engine/kernels/parley_ops.c service/engine/kernels/build.py $(SETUP_STAMP)
+	$(PY) -m service.engine.kernels.build --force
+
+setup: $(SETUP_STAMP) $(STUBS_STAMP) $(KERNELS)
 
 proto: setup
 
@@ -81,4 +86,4 @@ bench-quick: model bench-llamacpp
 	$(PY) -m bench.run --quick
 
 clean:
-	rm -rf $(VENV) $(TOOLS) client/python/parley models/store .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) client/python/parley models/store service/engine/kernels/build .mypy_cache .ruff_cache .pytest_cache

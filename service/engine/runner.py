@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from models.card import ModelCard, load_card
+from service.engine import kernels
+from service.engine.kernels.fusion import FusionReport, fuse_for_decode
 from service.engine.kv_cache import Device, KVCache, KVShape
 from service.errors import EngineFailure, ModelError
 
@@ -49,6 +52,8 @@ class RunnerOptions:
     threads: int | None = None  # intra-op threads; None = all available cores
     device: Literal["auto", "cpu", "cuda"] = "auto"
     profile_prefix: str | None = None  # write an ONNX Runtime kernel profile (benchmark use)
+    # Parley's custom decode kernels (service/engine/kernels): auto = when built and the graph is fp32.
+    kernels: Literal["auto", "on", "off"] = "auto"
 
 
 DEFAULT_RUNNER_OPTIONS = RunnerOptions()
@@ -87,14 +92,15 @@ class ModelRunner:
         self.usable_capacity = capacity  # tokens a sequence may hold
         self.warm_up_batch_sizes: tuple[int, ...] = (1, options.max_batch)  # the largest touches every KV row
         self.threads = options.threads or available_cores()
-        self.session = self._create_session()
+        self.session = self._create_session(str(self.model_dir / self.card.graph.file))
+        self.decode_session, self.fusions = self._decode_session()
         self.vocab_size = self.card.vocab_size
         self._logits = np.zeros((options.max_batch, 1, self.vocab_size), dtype=np.float32)
         self._decode_bindings: dict[int, ort.IOBinding] = {}
         self._prefill_bindings: dict[int, ort.IOBinding] = {}
         self._prefill_logits = np.zeros((1, 1, self.vocab_size), dtype=np.float32)
 
-    def _create_session(self) -> ort.InferenceSession:
+    def _create_session(self, graph: str | bytes, kernels: Path | None = None) -> ort.InferenceSession:
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
@@ -104,11 +110,43 @@ class ModelRunner:
         if self.options.profile_prefix is not None:
             so.enable_profiling = True
             so.profile_file_prefix = self.options.profile_prefix
+        if kernels is not None:
+            so.register_custom_ops_library(str(kernels))
+            # a graph loaded from memory finds its weights file here
+            so.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(self.model_dir)
+            )
         path = self.model_dir / self.card.graph.file
         try:
-            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT's own exception types
             raise ModelError(f"{path}: ONNX Runtime cannot load the graph: {exc}") from None
+
+    def _decode_session(self) -> tuple[ort.InferenceSession, FusionReport | None]:
+        """The decode session: the graph rewritten onto Parley's kernels when they apply, else the prefill
+        session itself. Prefill keeps ONNX Runtime's kernels (their GEMMs win at many tokens per run)."""
+        mode = self.options.kernels
+        built = kernels.library()
+        if mode == "off" or (mode == "auto" and (built is None or self.card.graph.kv_dtype != "float32")):
+            if mode == "auto" and built is None:
+                log.warning(
+                    "Parley's decode kernels are not built (make setup builds them): decoding with "
+                    "ONNX Runtime's own kernels, which is slower"
+                )
+            return self.session, None
+        if built is None:
+            raise ModelError(
+                "kernels='on' but the kernel library is not built: run "
+                "`python -m service.engine.kernels.build` (make setup does)"
+            )
+        if self.card.graph.kv_dtype != "float32":
+            raise ModelError(
+                f"Parley's decode kernels are fp32 only; this model's graph is {self.card.graph.kv_dtype}"
+            )
+        model = onnx.load(str(self.model_dir / self.card.graph.file), load_external_data=False)
+        report = fuse_for_decode(model)
+        log.info("decode graph: %s", report)
+        return self._create_session(model.SerializeToString(), built), report
 
     # --- bindings -------------------------------------------------------------------------------
     def _bind_cache(self, binding: ort.IOBinding, first_slot: int, n: int) -> None:
@@ -126,7 +164,7 @@ class ModelRunner:
     def _decode_binding(self, n: int) -> ort.IOBinding:
         binding = self._decode_bindings.get(n)
         if binding is None:
-            binding = self.session.io_binding()
+            binding = self.decode_session.io_binding()
             self._bind_cache(binding, 0, n)
             binding.bind_output(
                 self.card.graph.logits,
@@ -155,13 +193,20 @@ class ModelRunner:
             self._prefill_bindings[slot] = binding
         return binding
 
-    def _run(self, binding: ort.IOBinding, input_ids: np.ndarray, seqlens_k: np.ndarray, total: int) -> None:
+    def _run(
+        self,
+        session: ort.InferenceSession,
+        binding: ort.IOBinding,
+        input_ids: np.ndarray,
+        seqlens_k: np.ndarray,
+        total: int,
+    ) -> None:
         io = self.card.graph
         binding.bind_cpu_input(io.input_ids, input_ids)
         binding.bind_cpu_input(io.seqlens_k, seqlens_k)
         binding.bind_cpu_input(io.total_sequence_length, np.array(total, dtype=np.int32))
         try:
-            self.session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
         except Exception as exc:  # ORT's own exception types: a failed run fails the step, not the process
             raise EngineFailure(f"onnxruntime run failed: {exc}") from exc
 
@@ -174,7 +219,7 @@ class ModelRunner:
         if count == 0 or end > self.kv_shape.capacity or not 0 <= slot < self.kv_shape.max_batch:
             raise EngineFailure(f"prefill of {count} tokens at {start} on slot {slot} does not fit the cache")
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(1, count)
-        self._run(self._prefill_binding(slot), ids, np.array([end - 1], dtype=np.int32), end)
+        self._run(self.session, self._prefill_binding(slot), ids, np.array([end - 1], dtype=np.int32), end)
         logits: np.ndarray = self._prefill_logits[0, 0]
         return logits
 
@@ -188,6 +233,6 @@ class ModelRunner:
             )
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(n, 1)
         seqlens = np.ascontiguousarray(cached, dtype=np.int32)  # tokens after this step − 1
-        self._run(self._decode_binding(n), ids, seqlens, int(cached.max()) + 1)
+        self._run(self.decode_session, self._decode_binding(n), ids, seqlens, int(cached.max()) + 1)
         logits: np.ndarray = self._logits[:n, 0]
         return logits

@@ -1,0 +1,19 @@
+"""Parley's ONNX Runtime custom ops (parley_ops.c): where the built library lives and whether it exists.
+
+build.py compiles it at set-up (`make setup`); fusion.py rewrites a graph to use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parent / "parley_ops.c"
+BUILD_DIR = SOURCE.parent / "build"
+LIBRARY = BUILD_DIR / "libparley_ops.so"
+
+
+def library() -> Path | None:
+    """The built library, or None when it has not been built (or is older than its source)."""
+    if LIBRARY.is_file() and LIBRARY.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return LIBRARY
+    return None

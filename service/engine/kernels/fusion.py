@@ -1,0 +1,166 @@
+"""Rewrite a prepared CPU graph to use Parley's custom ops (parley_ops.c) for decode.
+
+A pure function over the ONNX graph: three patterns the converter emits become one op each, and the
+nodes left without consumers are dropped. The model directory is never changed; the runner loads the
+rewritten graph from memory for its decode session only (prefill keeps ONNX Runtime's own kernels,
+whose GEMMs win at many tokens per run).
+
+    GroupQueryAttention(qkv, -, -, past_k, past_v, seqlens_k, total, cos, sin) [rotary, interleaved]
+        -> DecodeAttention(qkv, past_k, past_v, seqlens_k, total, cos, sin)
+    Add(MatMulNBits(x), MatMul(ReduceSum(Reshape(x)), offsets_t))   -> BlockOffsetAdd(y, x, offsets_t)
+    Mul(Mul(gate, Sigmoid(gate)), up) with gate, up = Split(gate_up)  -> SwiGLU(gate_up)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import onnx
+from onnx import helper, numpy_helper
+
+DOMAIN = "ai.parley"
+_MS = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class FusionReport:
+    attention: int
+    offsets: int
+    swiglu: int
+    removed_nodes: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.attention} attention, {self.offsets} block-offset and {self.swiglu} SwiGLU fusions "
+            f"({self.removed_nodes} nodes removed)"
+        )
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+class _Graph:
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.producer = {out: node for node in graph.node for out in node.output if out}
+        self.initializers = {t.name: t for t in graph.initializer}
+
+    def made_by(self, name: str, op: str, domain: str = "") -> onnx.NodeProto | None:
+        node = self.producer.get(name)
+        return node if node is not None and node.op_type == op and node.domain == domain else None
+
+    def constant(self, name: str) -> list[int] | None:
+        tensor = self.initializers.get(name)
+        return None if tensor is None else [int(v) for v in numpy_helper.to_array(tensor).ravel()]
+
+
+def _attention(node: onnx.NodeProto) -> onnx.NodeProto | None:
+    if node.op_type != "GroupQueryAttention" or node.domain != _MS or len(node.input) < 9:
+        return None
+    plain = {"num_heads", "kv_num_heads", "do_rotary", "rotary_interleaved"}
+    if {a.name for a in node.attribute} - plain or _attr(node, "do_rotary") != 1:
+        return None  # scale, softcap, local windows...: not what DecodeAttention implements
+    if _attr(node, "rotary_interleaved") != 1 or node.input[1] or node.input[2]:
+        return None  # the kernel takes packed QKV and ggml's adjacent-pair rotary only
+    qkv, _, _, past_k, past_v, seqlens, total, cos, sin = node.input[:9]
+    return helper.make_node(
+        "DecodeAttention",
+        [qkv, past_k, past_v, seqlens, total, cos, sin],
+        list(node.output),
+        name=node.name,
+        domain=DOMAIN,
+        num_heads=_attr(node, "num_heads"),
+        kv_num_heads=_attr(node, "kv_num_heads"),
+        rotary_interleaved=1,
+    )
+
+
+def _block_offset(g: _Graph, node: onnx.NodeProto) -> onnx.NodeProto | None:
+    if node.op_type != "Add" or node.domain or len(node.input) != 2:
+        return None
+    for y, term in (node.input, node.input[::-1]):
+        matmul = g.made_by(term, "MatMul")
+        linear = g.made_by(y, "MatMulNBits", _MS)
+        if matmul is None or linear is None:
+            continue
+        reduce = g.made_by(matmul.input[0], "ReduceSum")
+        reshape = g.made_by(reduce.input[0], "Reshape") if reduce is not None else None
+        if reduce is None or reshape is None or reshape.input[0] != linear.input[0]:
+            continue
+        block = _attr(linear, "block_size")
+        shape = g.constant(reshape.input[1]) or []
+        if shape[-1:] != [block] or g.constant(reduce.input[1]) != [-1] or _attr(reduce, "keepdims") != 0:
+            continue
+        return helper.make_node(
+            "BlockOffsetAdd",
+            [y, linear.input[0], matmul.input[1]],
+            list(node.output),
+            name=node.name,
+            domain=DOMAIN,
+            block_size=block,
+        )
+    return None
+
+
+def _swiglu(g: _Graph, node: onnx.NodeProto) -> onnx.NodeProto | None:
+    if node.op_type != "Mul" or node.domain or len(node.input) != 2:
+        return None
+    for silu_name, up in (node.input, node.input[::-1]):
+        silu = g.made_by(silu_name, "Mul")
+        split = g.made_by(up, "Split")
+        if silu is None or split is None or len(split.output) != 2 or up != split.output[1]:
+            continue
+        gate = split.output[0]
+        sigmoid = next((g.made_by(i, "Sigmoid") for i in silu.input if i != gate), None)
+        if gate not in silu.input or sigmoid is None or sigmoid.input[0] != gate:
+            continue
+        sizes = g.constant(split.input[1]) if len(split.input) > 1 else None
+        if sizes is None or len(sizes) != 2 or sizes[0] != sizes[1] or _attr(split, "axis") != -1:
+            continue
+        return helper.make_node("SwiGLU", [split.input[0]], list(node.output), name=node.name, domain=DOMAIN)
+    return None
+
+
+def _drop_dead_nodes(graph: onnx.GraphProto) -> int:
+    """Remove nodes none of whose outputs are read, repeatedly; then the initializers nobody reads."""
+    keep = {o.name for o in graph.output}
+    removed = 0
+    while True:
+        reads = Counter(i for node in graph.node for i in node.input if i)
+        dead = [n for n in graph.node if not any(o in reads or o in keep for o in n.output if o)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+        removed += len(dead)
+    reads = Counter(i for node in graph.node for i in node.input if i)
+    unused = [t for t in graph.initializer if t.name not in reads]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    return removed
+
+
+def fuse_for_decode(model: onnx.ModelProto) -> FusionReport:
+    """Rewrite `model` in place; returns what was fused (all zero for a graph with none of the patterns)."""
+    graph = model.graph
+    g = _Graph(graph)
+    counts = Counter[str]()
+    for index, node in enumerate(list(graph.node)):
+        fused = _attention(node) or _block_offset(g, node) or _swiglu(g, node)
+        if fused is not None:
+            graph.node[index].CopyFrom(fused)
+            counts[fused.op_type] += 1
+    removed = _drop_dead_nodes(graph)
+    if counts and not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return FusionReport(
+        attention=counts["DecodeAttention"],
+        offsets=counts["BlockOffsetAdd"],
+        swiglu=counts["SwiGLU"],
+        removed_nodes=removed,
+    )
