@@ -144,7 +144,7 @@ class ModelRunner:
                 f"Parley's decode kernels are fp32 only; this model's graph is {self.card.graph.kv_dtype}"
             )
         model = onnx.load(str(self.model_dir / self.card.graph.file), load_external_data=False)
-        report = fuse_for_decode(model)
+        report = fuse_for_decode(model, int4_linear=kernels.fast_int4_linear(built))
         log.info("decode graph: %s", report)
         return self._create_session(model.SerializeToString(), built), report
 

@@ -5,6 +5,7 @@ build.py compiles it at set-up (`make setup`); fusion.py rewrites a graph to use
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent / "parley_ops.c"
@@ -17,3 +18,9 @@ def library() -> Path | None:
     if LIBRARY.is_file() and LIBRARY.stat().st_mtime >= SOURCE.stat().st_mtime:
         return LIBRARY
     return None
+
+
+def fast_int4_linear(built: Path) -> bool:
+    """Whether `built` has Int4Linear's vector kernel (AVX-512 VNNI); without it ONNX Runtime's own
+    MatMulNBits is faster and the decode graph keeps it."""
+    return bool(ctypes.CDLL(str(built)).ParleyFastInt4Linear())
