@@ -40,7 +40,7 @@ def profile_decode(model_dir: Path, batch: int, context: int, threads: int) -> d
         tokens, cached = np.full(batch, 100), np.full(batch, context)
         for _ in range(3):
             profiled.decode(tokens, cached)
-        profiled.session.end_profiling()  # drop warm-up events: restart below on a fresh runner
+        profiled.decode_session.end_profiling()  # drop warm-up events: restart below on a fresh runner
         profiled = ModelRunner(
             model_dir,
             RunnerOptions(
@@ -49,7 +49,7 @@ def profile_decode(model_dir: Path, batch: int, context: int, threads: int) -> d
         )
         for _ in range(STEPS):
             profiled.decode(tokens, cached)
-        kernels = _kernel_ms(profiled.session.end_profiling(), STEPS)
+        kernels = _kernel_ms(profiled.decode_session.end_profiling(), STEPS)
     runner = ModelRunner(model_dir, RunnerOptions(max_batch=batch, kv_capacity=context + 64, threads=threads))
     for _ in range(3):
         runner.decode(tokens, cached)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from models.card import PRECISIONS
-from service.config import DEFAULT_MODEL_DIR, DEVICES, ServerConfig, build_config
+from service.config import DEFAULT_MODEL_DIR, DEVICES, KERNEL_MODES, ServerConfig, build_config
 from service.errors import ParleyError
 
 log = logging.getLogger("parley")
@@ -68,6 +68,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: every core)")
     p.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--kernels",
+        choices=KERNEL_MODES,
+        help="Parley's CPU decode kernels: auto (default: when built), on (fail if not built), off "
+        "(ONNX Runtime's own kernels only)",
+    )
     p.add_argument("--max-queued", type=int, help="requests waiting for a slot before refusing (default 256)")
     p.add_argument(
         "--grace-seconds", type=float, help="on SIGTERM, time running calls get to finish (default 10)"

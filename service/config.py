@@ -18,6 +18,8 @@ from service.errors import InvalidArgument
 DEFAULT_MODEL_DIR = STORE / DEFAULT_MODEL.name
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = get_args(Device)
+KernelMode = Literal["auto", "on", "off"]
+KERNEL_MODES: tuple[str, ...] = get_args(KernelMode)
 ENV_PREFIX = "PARLEY_"
 MIB = 1 << 20
 
@@ -36,6 +38,7 @@ class ServerConfig:
     kv_capacity: int | None = None  # tokens per KV slot; None: the model's context window
     threads: int | None = None  # ONNX Runtime intra-op threads; None: every available core
     device: Device = "auto"  # auto: CUDA when a GPU is present and the model is fp16, else the CPU
+    kernels: KernelMode = "auto"  # Parley's CPU decode kernels (service/engine/kernels); auto: when built
     max_queued: int = 256  # requests waiting for a slot before RESOURCE_EXHAUSTED
     grace_seconds: float = 10.0  # on SIGTERM/SIGINT: how long in-flight calls may still run
     reject_special_token_text: bool = False  # refuse control-token text in messages instead of encoding it
@@ -53,6 +56,11 @@ class ServerConfig:
         if self.threads is not None:
             _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
         _check(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(
+            self.kernels in KERNEL_MODES,
+            "kernels",
+            f"must be one of {', '.join(KERNEL_MODES)}, got {self.kernels!r}",
+        )
         _check(self.max_queued >= 1, "max_queued", f"must be >= 1, got {self.max_queued}")
         _check(
             math.isfinite(self.grace_seconds) and self.grace_seconds >= 0,
@@ -127,6 +135,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "kv_capacity": _optional(int),
     "threads": _optional(int),
     "device": str,
+    "kernels": str,
     "max_queued": int,
     "grace_seconds": float,
     "reject_special_token_text": _parse_bool,

@@ -100,7 +100,7 @@ class ModelRunner:
         self._prefill_bindings: dict[int, ort.IOBinding] = {}
         self._prefill_logits = np.zeros((1, 1, self.vocab_size), dtype=np.float32)
 
-    def _create_session(self, graph: str | bytes, kernels: Path | None = None) -> ort.InferenceSession:
+    def _create_session(self, graph: str | bytes, custom_ops: Path | None = None) -> ort.InferenceSession:
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
@@ -110,8 +110,8 @@ class ModelRunner:
         if self.options.profile_prefix is not None:
             so.enable_profiling = True
             so.profile_file_prefix = self.options.profile_prefix
-        if kernels is not None:
-            so.register_custom_ops_library(str(kernels))
+        if custom_ops is not None:
+            so.register_custom_ops_library(str(custom_ops))
             # a graph loaded from memory finds its weights file here
             so.add_session_config_entry(
                 "session.model_external_initializers_file_folder_path", str(self.model_dir)
@@ -144,7 +144,7 @@ class ModelRunner:
                 f"Parley's decode kernels are fp32 only; this model's graph is {self.card.graph.kv_dtype}"
             )
         model = onnx.load(str(self.model_dir / self.card.graph.file), load_external_data=False)
-        report = fuse_for_decode(model, int4_linear=kernels.fast_int4_linear(built))
+        report = fuse_for_decode(model, quant_linear=kernels.fast_quant_linear(built))
         log.info("decode graph: %s", report)
         return self._create_session(model.SerializeToString(), built), report
 

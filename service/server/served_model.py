@@ -104,6 +104,7 @@ class ServedModel:
             kv_capacity=config.kv_capacity,
             threads=config.threads,
             device=config.device,
+            kernels=config.kernels,
         )
         runner = create_runner(model_dir, options)
         card = runner.card

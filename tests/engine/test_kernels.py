@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 
 from models.prepare import PrepareRequest, prepare
-from service.engine.kernels import fast_int4_linear
+from service.engine.kernels import fast_quant_linear
 from service.engine.kernels.build import build, compile_library
 from service.engine.kernels.fusion import DOMAIN, fuse_for_decode
 from service.engine.runner import ModelRunner, RunnerOptions
@@ -239,12 +239,12 @@ def test_swiglu_matches_numpy(library: Path, width: int) -> None:
 
 
 def _linear_session(
-    library: Path, op: str, rows: int, k: int, n: int, initializers: list[onnx.TensorProto]
+    library: Path, op: str, rows: int, k: int, n: int, bits: int, initializers: list[onnx.TensorProto]
 ) -> ort.InferenceSession:
     names = [t.name for t in initializers]
     stock = op == "MatMulNBits"
     node = helper.make_node(op, ["x", *names], ["y"], domain="com.microsoft" if stock else DOMAIN)
-    attrs = {"K": k, "N": n, "bits": 4, "block_size": 32, **({"accuracy_level": 4} if stock else {})}
+    attrs = {"K": k, "N": n, "bits": bits, "block_size": 32, **({"accuracy_level": 4} if stock else {})}
     node.attribute.extend(helper.make_attribute(key, value) for key, value in attrs.items())
     model = helper.make_model(
         helper.make_graph([node], "linear", [_info("x", [rows, 1, k])], [_info("y", None)], initializers),
@@ -262,26 +262,20 @@ def _linear_session(
 
 
 @pytest.mark.parametrize(("rows", "k", "n"), [(1, 576, 960), (8, 1536, 576), (11, 64, 40), (3, 576, 3072)])
-@pytest.mark.parametrize("with_offsets", [False, True])
-def test_int4_linear_computes_what_matmulnbits_computes(
-    library: Path, rows: int, k: int, n: int, with_offsets: bool
+@pytest.mark.parametrize(("bits", "with_offsets"), [(4, False), (4, True), (8, False)])
+def test_quant_linear_computes_what_matmulnbits_computes(
+    library: Path, rows: int, k: int, n: int, bits: int, with_offsets: bool
 ) -> None:
     """Same int8 activations, same rounding: equal to MatMulNBits (plus the exact offset term) up to the
     order of float sums, on row counts past one register tile (8) and widths past whole 16-column groups."""
-    rng = np.random.default_rng(rows * k + n)
-    codes = rng.integers(0, 256, (n, k // 32, 16), dtype=np.uint8)
+    rng = np.random.default_rng(rows * k + n + bits)
+    codes = rng.integers(0, 256, (n, k // 32, 32 * bits // 8), dtype=np.uint8)
     scales = (rng.random((n, k // 32)) * 0.02 + 0.001).astype(np.float32)
     offsets_t = (rng.standard_normal((k // 32, n)) * 0.05).astype(np.float32)
     weights = [numpy_helper.from_array(codes, "codes"), numpy_helper.from_array(scales, "scales")]
-    ours = _linear_session(
-        library,
-        "Int4Linear",
-        rows,
-        k,
-        n,
-        weights + ([numpy_helper.from_array(offsets_t, "offsets_t")] if with_offsets else []),
-    )
-    stock = _linear_session(library, "MatMulNBits", rows, k, n, weights)
+    offsets = [numpy_helper.from_array(offsets_t, "offsets_t")] if with_offsets else []
+    ours = _linear_session(library, "QuantLinear", rows, k, n, bits, weights + offsets)
+    stock = _linear_session(library, "MatMulNBits", rows, k, n, bits, weights)
     x = rng.standard_normal((rows, 1, k)).astype(np.float32)
     (got,) = ours.run(None, {"x": x})
     (want,) = stock.run(None, {"x": x})
@@ -289,20 +283,23 @@ def test_int4_linear_computes_what_matmulnbits_computes(
         want = want + x.reshape(rows, 1, k // 32, 32).sum(-1) @ offsets_t
     np.testing.assert_allclose(got, want, atol=1e-5 * float(np.abs(want).max()))
     # and both are the exact product up to int8 activation rounding (about 1% here)
-    nibbles = np.stack([codes & 15, codes >> 4], -1).reshape(n, k).astype(np.float64)
-    exact_w = np.repeat(scales, 32, axis=1) * (nibbles - 8)
+    if bits == 4:
+        unsigned = np.stack([codes & 15, codes >> 4], -1).reshape(n, k).astype(np.float64)
+    else:
+        unsigned = codes.reshape(n, k).astype(np.float64)
+    exact_w = np.repeat(scales, 32, axis=1) * (unsigned - (1 << (bits - 1)))
     if with_offsets:
         exact_w += np.repeat(offsets_t.T, 32, axis=1)
     exact = x.astype(np.float64) @ exact_w.T
     assert np.abs(got - exact).max() <= 0.05 * np.abs(exact).max()
 
 
-def test_int4_linear_is_used_only_with_its_vector_kernel(default_model_dir: Path, tmp_path: Path) -> None:
+def test_quant_linear_is_used_only_with_its_vector_kernel(default_model_dir: Path, tmp_path: Path) -> None:
     model = onnx.load(str(default_model_dir / "model.onnx"), load_external_data=False)
-    assert fuse_for_decode(model, int4_linear=False).linear == 0
+    assert fuse_for_decode(model, quant_linear=False).linear == 0
     assert sum(node.op_type == "MatMulNBits" for node in model.graph.node) == 121
     portable = compile_library(tmp_path / "libparley_ops.so", march="x86-64")
-    assert not fast_int4_linear(portable)
+    assert not fast_quant_linear(portable)
 
 
 def test_fusion_rewrites_every_pattern_of_the_default_model(default_model_dir: Path) -> None:
@@ -311,10 +308,10 @@ def test_fusion_rewrites_every_pattern_of_the_default_model(default_model_dir: P
     report = fuse_for_decode(model)
     layers = 30
     assert (report.attention, report.offsets, report.swiglu) == (layers, 4 * layers, layers)
-    assert report.linear == 4 * layers  # QKV, O, gate/up, down; the 8-bit LM head stays MatMulNBits
-    ops = [node.op_type for node in model.graph.node]
-    assert not set(ops) & {"GroupQueryAttention", "ReduceSum", "Sigmoid", "Split", "BlockOffsetAdd"}, ops
-    assert ops.count("MatMulNBits") == 1
+    assert report.linear == 4 * layers + 1  # QKV, O, gate/up, down per layer; the 8-bit LM head
+    ops = {node.op_type for node in model.graph.node}
+    gone = {"GroupQueryAttention", "ReduceSum", "Sigmoid", "Split", "BlockOffsetAdd", "MatMulNBits"}
+    assert not ops & gone, ops
     assert len(model.graph.node) == before - report.removed_nodes
     # still a well-formed graph: every input is a graph input, an initializer or an earlier node's output
     known = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}

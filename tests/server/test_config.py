@@ -36,8 +36,9 @@ def test_command_line_wins_over_environment_over_defaults() -> None:
         ({"PARLEY_PORT": "70000"}, r"--port: must be in \[0, 65535\], got 70000"),
         ({"PARLEY_GRACE_SECONDS": "nan"}, "--grace-seconds: must be a finite number >= 0, got nan"),
         ({"PARLEY_DEVICE": "tpu"}, "--device: must be one of auto, cpu, cuda, got 'tpu'"),
+        ({"PARLEY_KERNELS": "fast"}, "--kernels: must be one of auto, on, off, got 'fast'"),
     ],
-    ids=["not_a_number", "not_a_bool", "port_range", "nan_grace", "device"],
+    ids=["not_a_number", "not_a_bool", "port_range", "nan_grace", "device", "kernels"],
 )
 def test_bad_values_name_the_option(environ: dict[str, str], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):

@@ -20,7 +20,7 @@ def library() -> Path | None:
     return None
 
 
-def fast_int4_linear(built: Path) -> bool:
-    """Whether `built` has Int4Linear's vector kernel (AVX-512 VNNI); without it ONNX Runtime's own
+def fast_quant_linear(built: Path) -> bool:
+    """Whether `built` has QuantLinear's vector kernel (AVX-512 VNNI); without it ONNX Runtime's own
     MatMulNBits is faster and the decode graph keeps it."""
-    return bool(ctypes.CDLL(str(built)).ParleyFastInt4Linear())
+    return bool(ctypes.CDLL(str(built)).ParleyFastQuantLinear())

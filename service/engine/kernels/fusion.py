@@ -9,8 +9,8 @@ whose GEMMs win at many tokens per run).
         -> DecodeAttention(qkv, past_k, past_v, seqlens_k, total, cos, sin)
     Add(MatMulNBits(x), MatMul(ReduceSum(Reshape(x)), offsets_t))   -> BlockOffsetAdd(y, x, offsets_t)
     Mul(Mul(gate, Sigmoid(gate)), up) with gate, up = Split(gate_up)  -> SwiGLU(gate_up)
-    MatMulNBits(x) [4-bit, block 32, int8 activations], + its BlockOffsetAdd if any
-        -> Int4Linear(x, codes, scales[, offsets_t])   (2x faster at batch 8, weights repacked once)
+    MatMulNBits(x) [4 or 8 bits, block 32, int8 activations], + its BlockOffsetAdd if any
+        -> QuantLinear(x, codes, scales[, offsets_t])   (2x faster at batch 8, weights repacked once)
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ class FusionReport:
     attention: int
     offsets: int  # offset terms folded into one op (into Int4Linear where that applies)
     swiglu: int
-    linear: int  # 4-bit linears on Int4Linear
+    linear: int  # MatMulNBits now on QuantLinear
     removed_nodes: int
 
     def __str__(self) -> str:
         return (
             f"{self.attention} attention, {self.offsets} block-offset, {self.swiglu} SwiGLU and "
-            f"{self.linear} int4 linear fusions ({self.removed_nodes} nodes removed)"
+            f"{self.linear} quantized linear fusions ({self.removed_nodes} nodes removed)"
         )
 
 
@@ -129,13 +129,13 @@ def _swiglu(g: _Graph, node: onnx.NodeProto) -> onnx.NodeProto | None:
     return None
 
 
-def _int4_linear(node: onnx.NodeProto) -> bool:
-    """A MatMulNBits that Int4Linear computes the same way: 4-bit, blocks of 32, no zero points, int8
-    activations."""
+def _quant_linear(node: onnx.NodeProto) -> bool:
+    """A MatMulNBits that QuantLinear computes the same way: 4 or 8 bits, blocks of 32, no zero points,
+    int8 activations."""
     return (
         node.op_type == "MatMulNBits"
         and node.domain == _MS
-        and _attr(node, "bits") == 4
+        and _attr(node, "bits") in (4, 8)
         and _attr(node, "block_size") == 32
         and _attr(node, "accuracy_level") == 4
         and (len(node.input) < 4 or not node.input[3])
@@ -147,31 +147,31 @@ def _linear_node(
 ) -> onnx.NodeProto:
     inputs = list(linear.input[:3]) + ([offsets_t] if offsets_t else [])
     return helper.make_node(
-        "Int4Linear",
+        "QuantLinear",
         inputs,
         outputs,
         name=name,
         domain=DOMAIN,
         K=_attr(linear, "K"),
         N=_attr(linear, "N"),
-        bits=4,
+        bits=_attr(linear, "bits"),
         block_size=32,
     )
 
 
 def _fuse_linears(graph: onnx.GraphProto) -> int:
-    """MatMulNBits (with its BlockOffsetAdd, if any) -> Int4Linear; returns how many."""
+    """MatMulNBits (with its BlockOffsetAdd, if any) -> QuantLinear; returns how many."""
     g = _Graph(graph)
     fused = 0
     for node in graph.node:  # first the linears with an offset term: one op for both
         if node.op_type == "BlockOffsetAdd" and node.domain == DOMAIN:
             linear = g.made_by(node.input[0], "MatMulNBits", _MS)
-            if linear is not None and _int4_linear(linear) and linear.input[0] == node.input[1]:
+            if linear is not None and _quant_linear(linear) and linear.input[0] == node.input[1]:
                 node.CopyFrom(_linear_node(linear, node.input[2], list(node.output), node.name))
                 fused += 1
     _drop_dead_nodes(graph)
     for node in graph.node:
-        if _int4_linear(node):
+        if _quant_linear(node):
             node.CopyFrom(_linear_node(node, None, list(node.output), node.name))
             fused += 1
     return fused
@@ -196,9 +196,9 @@ def _drop_dead_nodes(graph: onnx.GraphProto) -> int:
     return removed
 
 
-def fuse_for_decode(model: onnx.ModelProto, int4_linear: bool = True) -> FusionReport:
+def fuse_for_decode(model: onnx.ModelProto, quant_linear: bool = True) -> FusionReport:
     """Rewrite `model` in place; returns what was fused (all zero for a graph with none of the patterns).
-    int4_linear=False keeps MatMulNBits (for a kernel library built without Int4Linear's vector path)."""
+    quant_linear=False keeps MatMulNBits (for a kernel library built without QuantLinear's vector path)."""
     graph = model.graph
     g = _Graph(graph)
     counts = Counter[str]()
@@ -209,7 +209,7 @@ def fuse_for_decode(model: onnx.ModelProto, int4_linear: bool = True) -> FusionR
             counts[fused.op_type] += 1
     removed = _drop_dead_nodes(graph)
     before = len(graph.node)
-    linear = _fuse_linears(graph) if int4_linear else 0
+    linear = _fuse_linears(graph) if quant_linear else 0
     removed += before - len(graph.node) + _drop_dead_nodes(graph)
     if (counts or linear) and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))

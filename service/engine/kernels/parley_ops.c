@@ -394,25 +394,29 @@ static OrtStatus *swiglu_compute(void *state, OrtKernelContext *ctx) {
     return NULL;
 }
 
-/* --- Int4Linear ------------------------------------------------------------------------------ */
-/* y = x · Wᵀ for MatMulNBits' 4-bit weights (block 32): W[n, k] = scale[n,b]·(u − 8) + offset[n,b], u the
- * nibble, offset optional (offsets_t [K/32, N], the exact Q4_1 minima). Activations are quantised to int8
- * per block of 32 exactly as MatMulNBits' accuracy_level 4 does (scale max|x|/127, round to nearest even),
- * and the offset term uses the exact fp32 block sums, as the stock graph does:
- *     y[m, n] = Σ_b scale[n,b]·dx[m,b]·(Σ_i u_i·qx[m,i] − 8·Σ_i qx[m,i]) + offset[n,b]·Σ_i x[m,i].
- * (Centring the codes before the rounding error meets them matters: folding −8·scale into the offset and
+/* --- QuantLinear ----------------------------------------------------------------------------- */
+/* y = x · Wᵀ for MatMulNBits' 4- or 8-bit weights (block 32, no zero-point input): W[n, k] =
+ * scale[n,b]·(u − z) + offset[n,b], u the unsigned code, z = 8 or 128, offset optional (offsets_t [K/32, N],
+ * the exact Q4_1 minima). Activations are quantised to int8 per block of 32 exactly as MatMulNBits'
+ * accuracy_level 4 does (scale max|x|/127, round to nearest even); the offset term uses the exact fp32
+ * block sums, as the stock graph does:
+ *     y[m, n] = Σ_b scale[n,b]·dx[m,b]·(Σ_i u_i·qx[m,i] − z·Σ_i qx[m,i]) + offset[n,b]·Σ_i x[m,i].
+ * (Centring the codes before the rounding error meets them matters: folding −z·scale into the offset and
  * its exact sums instead doubles the error, KL 0.017 against 0.004 on the eval text.)
  * At kernel creation the constant weights are repacked so that 16 output columns share each vector:
- * one record per (16-column group, block) holds 256 bytes of nibbles, then 16 scales, then 16 offsets.
- * In chunk q (64 bytes) of a record, byte 4c + t holds column c's weight for k = 8q + t in its low nibble
- * and k = 8q + 4 + t in its high nibble, so a u8·s8 dot-product instruction (VNNI) multiplies 16 columns
- * by 4 activations at once, and the weights are unpacked once for every row of the batch. */
+ * one record per (16-column group, block) holds the codes (256 bytes at 4 bits, 512 at 8), then 16 scales,
+ * then 16 offsets. 4-bit: in chunk q (64 bytes) byte 4c + t holds column c's weight for k = 8q + t in its
+ * low nibble and k = 8q + 4 + t in its high nibble. 8-bit: in chunk g byte 4c + t is column c's weight
+ * for k = 4g + t. Either way a u8·s8 dot-product instruction (VNNI) multiplies 16 columns by 4
+ * activations at once, and the weights are unpacked once for every row of the batch. */
 
-enum { COLUMNS = 16, BLOCK = 32, RECORD_CODES = COLUMNS * BLOCK / 2, ROW_CHUNK = 8 };
+enum { COLUMNS = 16, BLOCK = 32, ROW_CHUNK = 8 };
+
+static inline size_t record_bytes(int bits) { return (size_t)(COLUMNS * BLOCK * bits / 8); }
 
 typedef struct {
-    int64_t n, k, groups, blocks;
-    uint8_t *codes;  // [groups][blocks][RECORD_CODES]
+    int64_t n, k, groups, blocks, bits;
+    uint8_t *codes;  // [groups][blocks][record_bytes(bits)]
     float *scales;   // [groups][blocks][COLUMNS]
     float *offsets;  // [groups][blocks][COLUMNS]; zero without an offsets input
 } LinearKernel;
@@ -422,7 +426,7 @@ typedef struct {
     const int8_t *qx;  // [rows][k]
     const float *dx;   // [rows][blocks] activation scales
     const float *sx;   // [rows][blocks] exact activation block sums
-    const float *qs;   // [rows][blocks] −8·dx·Σ qx: the codes' centring, on the quantised activations
+    const float *qs;   // [rows][blocks] −dx·Σ qx: times z, the codes' centring
     float *y;
     int64_t rows;
 } LinearJob;
@@ -432,21 +436,27 @@ __attribute__((unused)) static void linear_group_portable(const LinearJob *job, 
     float acc[ROW_CHUNK][COLUMNS] = {{0}};
     for (int64_t b = 0; b < w->blocks; b++) {
         const size_t record = (size_t)(group * w->blocks + b);
-        const uint8_t *codes = w->codes + record * RECORD_CODES;
+        const uint8_t *codes = w->codes + record * record_bytes((int)w->bits);
         const float *scales = w->scales + record * COLUMNS, *offsets = w->offsets + record * COLUMNS;
+        const float zero = (float)(1 << (w->bits - 1));
         for (int64_t r = 0; r < rows; r++) {
             const int64_t m = r0 + r;
             const int8_t *qx = job->qx + m * w->k + b * BLOCK;
             int32_t dot[COLUMNS] = {0};
-            for (int q = 0; q < 4; q++)
-                for (int c = 0; c < COLUMNS; c++)
-                    for (int t = 0; t < 4; t++) {
-                        const uint8_t byte = codes[q * 64 + c * 4 + t];
-                        dot[c] += (byte & 15) * qx[8 * q + t] + (byte >> 4) * qx[8 * q + 4 + t];
+            for (int c = 0; c < COLUMNS; c++)
+                for (int t = 0; t < 4; t++) {
+                    if (w->bits == 8) {
+                        for (int g = 0; g < 8; g++) dot[c] += codes[g * 64 + c * 4 + t] * qx[4 * g + t];
+                    } else {
+                        for (int q = 0; q < 4; q++) {
+                            const uint8_t byte = codes[q * 64 + c * 4 + t];
+                            dot[c] += (byte & 15) * qx[8 * q + t] + (byte >> 4) * qx[8 * q + 4 + t];
+                        }
                     }
+                }
             const size_t i = (size_t)(m * w->blocks + b);
             for (int c = 0; c < COLUMNS; c++)
-                acc[r][c] += (float)dot[c] * scales[c] * job->dx[i] + scales[c] * job->qs[i] + offsets[c] * job->sx[i];
+                acc[r][c] += (float)dot[c] * scales[c] * job->dx[i] + scales[c] * zero * job->qs[i] + offsets[c] * job->sx[i];
         }
     }
     for (int64_t r = 0; r < rows; r++) {
@@ -456,22 +466,28 @@ __attribute__((unused)) static void linear_group_portable(const LinearJob *job, 
 }
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-/* Inlined once per row count (1..8) below, so the accumulators live in registers. */
+/* Inlined once per (code width, row count 1..8) below, so the accumulators live in registers. */
 static inline __attribute__((always_inline)) void linear_group_vnni(const LinearJob *job, int64_t group,
-                                                                    int64_t r0, const int rows) {
+                                                                    int64_t r0, const int rows, const int bits) {
     const LinearKernel *w = job->w;
     const __m512i low = _mm512_set1_epi8(15);
     __m512 acc[ROW_CHUNK];
     for (int r = 0; r < ROW_CHUNK; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < w->blocks; b++) {
         const size_t record = (size_t)(group * w->blocks + b);
-        const uint8_t *codes = w->codes + record * RECORD_CODES;
+        const uint8_t *codes = w->codes + record * record_bytes(bits);
         __m512i u[8];
-        for (int q = 0; q < 4; q++) {
-            const __m512i packed = _mm512_loadu_si512(codes + 64 * q);
-            u[2 * q] = _mm512_and_si512(packed, low);
-            u[2 * q + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+        if (bits == 8) {
+            for (int g = 0; g < 8; g++) u[g] = _mm512_loadu_si512(codes + 64 * g);
+        } else {
+            for (int q = 0; q < 4; q++) {
+                const __m512i packed = _mm512_loadu_si512(codes + 64 * q);
+                u[2 * q] = _mm512_and_si512(packed, low);
+                u[2 * q + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+            }
         }
+        const __m512 centring = _mm512_mul_ps(_mm512_loadu_ps(w->scales + record * COLUMNS),
+                                              _mm512_set1_ps((float)(1 << (bits - 1))));
         const __m512 scales = _mm512_loadu_ps(w->scales + record * COLUMNS);
         const __m512 offsets = _mm512_loadu_ps(w->offsets + record * COLUMNS);
         for (int r = 0; r < rows; r++) {
@@ -485,7 +501,7 @@ static inline __attribute__((always_inline)) void linear_group_vnni(const Linear
             const size_t i = (size_t)(m * w->blocks + b);
             const __m512 scaled = _mm512_mul_ps(scales, _mm512_set1_ps(job->dx[i]));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(dot0, dot1)), scaled, acc[r]);
-            acc[r] = _mm512_fmadd_ps(scales, _mm512_set1_ps(job->qs[i]), acc[r]);
+            acc[r] = _mm512_fmadd_ps(centring, _mm512_set1_ps(job->qs[i]), acc[r]);
             acc[r] = _mm512_fmadd_ps(offsets, _mm512_set1_ps(job->sx[i]), acc[r]);
         }
     }
@@ -495,16 +511,23 @@ static inline __attribute__((always_inline)) void linear_group_vnni(const Linear
 }
 
 static void linear_group_fast(const LinearJob *job, int64_t group, int64_t r0, int64_t rows) {
-    switch (rows) {
-        case 1: linear_group_vnni(job, group, r0, 1); break;
-        case 2: linear_group_vnni(job, group, r0, 2); break;
-        case 3: linear_group_vnni(job, group, r0, 3); break;
-        case 4: linear_group_vnni(job, group, r0, 4); break;
-        case 5: linear_group_vnni(job, group, r0, 5); break;
-        case 6: linear_group_vnni(job, group, r0, 6); break;
-        case 7: linear_group_vnni(job, group, r0, 7); break;
-        default: linear_group_vnni(job, group, r0, ROW_CHUNK); break;
+#define PARLEY_ROWS(bits)                                                          \
+    switch (rows) {                                                                \
+        case 1: linear_group_vnni(job, group, r0, 1, bits); break;                 \
+        case 2: linear_group_vnni(job, group, r0, 2, bits); break;                 \
+        case 3: linear_group_vnni(job, group, r0, 3, bits); break;                 \
+        case 4: linear_group_vnni(job, group, r0, 4, bits); break;                 \
+        case 5: linear_group_vnni(job, group, r0, 5, bits); break;                 \
+        case 6: linear_group_vnni(job, group, r0, 6, bits); break;                 \
+        case 7: linear_group_vnni(job, group, r0, 7, bits); break;                 \
+        default: linear_group_vnni(job, group, r0, ROW_CHUNK, bits); break;        \
     }
+    if (job->w->bits == 8) {
+        PARLEY_ROWS(8)
+    } else {
+        PARLEY_ROWS(4)
+    }
+#undef PARLEY_ROWS
 }
 #endif
 
@@ -521,7 +544,7 @@ static void linear_task(void *user, size_t group) {
 }
 
 /* int8 activations per block of 32, as MatMulNBits' accuracy_level 4: scale max|x|/127, round to nearest
- * even; beside them the exact fp32 sum of each block and −8·dx·Σ qx. */
+ * even; beside them the exact fp32 sum of each block and −dx·Σ qx. */
 static void quantize_rows(const float *x, int64_t rows, int64_t k, int8_t *qx, float *dx, float *sx, float *qs) {
     for (int64_t i = 0; i < rows * k / BLOCK; i++) {
         const float *v = x + i * BLOCK;
@@ -539,7 +562,7 @@ static void quantize_rows(const float *x, int64_t rows, int64_t k, int8_t *qx, f
         }
         dx[i] = scale;
         sx[i] = sum;
-        qs[i] = -8.0f * scale * (float)codes;
+        qs[i] = -scale * (float)codes;
     }
 }
 
@@ -547,7 +570,7 @@ static OrtStatus *linear_compute(void *state, OrtKernelContext *ctx) {
     const LinearKernel *w = state;
     Tensor x;
     CHECK(input(ctx, 0, &x));
-    if (x.rank < 1 || x.dims[x.rank - 1] != w->k) return fail("Int4Linear", "x must be [.., K]");
+    if (x.rank < 1 || x.dims[x.rank - 1] != w->k) return fail("QuantLinear", "x must be [.., K]");
     const int64_t rows = (int64_t)(x.count / (size_t)w->k);
     int64_t dims[4];
     memcpy(dims, x.dims, sizeof dims);
@@ -558,7 +581,7 @@ static OrtStatus *linear_compute(void *state, OrtKernelContext *ctx) {
     const size_t blocks = (size_t)(rows * w->blocks);
     // one scratch area: int8 activations, then their scales and sums (floats stay 4-byte aligned)
     float *area = scratch(blocks * (BLOCK / 4 + 3));
-    if (area == NULL) return ort->CreateStatus(ORT_FAIL, "ai.parley.Int4Linear: out of memory");
+    if (area == NULL) return ort->CreateStatus(ORT_FAIL, "ai.parley.QuantLinear: out of memory");
     float *dx = area + blocks * (BLOCK / 4), *sx = dx + blocks, *qs = sx + blocks;
     quantize_rows(x.data, rows, w->k, (int8_t *)area, dx, sx, qs);
     job.qx = (const int8_t *)area;
@@ -582,61 +605,68 @@ static OrtStatus *constant_input(const OrtKernelInfo *info, size_t index, Tensor
     const OrtValue *value = NULL;
     memset(t, 0, sizeof *t);
     CHECK(ort->KernelInfoGetConstantInput_tensor(info, index, &constant, &value));
-    if (!constant || value == NULL) return fail("Int4Linear", "weights, scales and offsets must be initializers");
+    if (!constant || value == NULL) return fail("QuantLinear", "weights, scales and offsets must be initializers");
     CHECK(read_shape(value, t));
     return ort->GetTensorData(value, &t->data);
 }
 
 static OrtStatus *create_linear(const OrtKernelInfo *info, void **out) {
-    const char *op = "Int4Linear";
+    const char *op = "QuantLinear";
     int64_t n = 0, k = 0, bits = 0, block = 0;
     int_attribute(info, "N", 0, &n);
     int_attribute(info, "K", 0, &k);
     int_attribute(info, "bits", 4, &bits);
     int_attribute(info, "block_size", 0, &block);
-    if (n <= 0 || k <= 0 || bits != 4 || block != BLOCK || k % BLOCK != 0)
-        return fail(op, "needs N, K > 0, bits=4, block_size=32 and K a multiple of 32");
+    if (n <= 0 || k <= 0 || (bits != 4 && bits != 8) || block != BLOCK || k % BLOCK != 0)
+        return fail(op, "needs N, K > 0, bits 4 or 8, block_size=32 and K a multiple of 32");
     size_t inputs = 0;
     CHECK(ort->KernelInfo_GetInputCount(info, &inputs));
     Tensor codes, scales, offsets = {0};
     CHECK(constant_input(info, 1, &codes));
     CHECK(constant_input(info, 2, &scales));
     const int64_t blocks = k / BLOCK;
-    if (codes.count != (size_t)(n * blocks * BLOCK / 2) || scales.count != (size_t)(n * blocks))
-        return fail(op, "codes must be [N, K/32, 16] and scales [N, K/32]");
+    if (codes.count != (size_t)(n * blocks * BLOCK * bits / 8) || scales.count != (size_t)(n * blocks))
+        return fail(op, "codes must be [N, K/32, 32·bits/8] and scales [N, K/32]");
     if (inputs > 3) {
         CHECK(constant_input(info, 3, &offsets));
         if (offsets.count != (size_t)(n * blocks)) return fail(op, "offsets_t must be [K/32, N]");
     }
     LinearKernel *w = calloc(1, sizeof *w);
-    if (w == NULL) return ort->CreateStatus(ORT_FAIL, "ai.parley.Int4Linear: out of memory");
+    if (w == NULL) return ort->CreateStatus(ORT_FAIL, "ai.parley.QuantLinear: out of memory");
     w->n = n;
     w->k = k;
     w->blocks = blocks;
+    w->bits = bits;
     w->groups = (n + COLUMNS - 1) / COLUMNS;
     const size_t records = (size_t)(w->groups * blocks);
-    w->codes = aligned_alloc(64, records * RECORD_CODES);
+    const size_t record_size = record_bytes((int)bits);
+    w->codes = aligned_alloc(64, records * record_size);
     w->scales = aligned_alloc(64, records * COLUMNS * sizeof(float));
     w->offsets = aligned_alloc(64, records * COLUMNS * sizeof(float));
     if (w->codes == NULL || w->scales == NULL || w->offsets == NULL) {
         destroy_linear(w);
-        return ort->CreateStatus(ORT_FAIL, "ai.parley.Int4Linear: out of memory");
+        return ort->CreateStatus(ORT_FAIL, "ai.parley.QuantLinear: out of memory");
     }
-    memset(w->codes, 0, records * RECORD_CODES);  // columns past N: zero weights
+    memset(w->codes, 0, records * record_size);  // columns past N: zero weights
     memset(w->scales, 0, records * COLUMNS * sizeof(float));
     memset(w->offsets, 0, records * COLUMNS * sizeof(float));
-    const uint8_t *src = codes.data;  // [N][blocks][16]: byte i holds elements 2i (low) and 2i+1 (high)
+    const uint8_t *src = codes.data;  // [N][blocks][bytes]; 4-bit: byte i holds elements 2i (low), 2i+1
     const float *src_scales = scales.data, *src_offsets = offsets.data;
+    const int64_t src_block = BLOCK * bits / 8;
     for (int64_t col = 0; col < n; col++)
         for (int64_t b = 0; b < blocks; b++) {
             const size_t record = (size_t)((col / COLUMNS) * blocks + b);
             const int c = (int)(col % COLUMNS);
-            const uint8_t *block_src = src + (col * blocks + b) * (BLOCK / 2);
-            uint8_t *dst = w->codes + record * RECORD_CODES;
+            const uint8_t *block_src = src + (col * blocks + b) * src_block;
+            uint8_t *dst = w->codes + record * record_size;
             for (int kk = 0; kk < BLOCK; kk++) {
-                const uint8_t u = (block_src[kk / 2] >> (4 * (kk % 2))) & 15;
-                const int q = kk / 8, t = kk % 4, high = (kk % 8) / 4;
-                dst[q * 64 + c * 4 + t] |= (uint8_t)(u << (4 * high));
+                if (bits == 8) {
+                    dst[(kk / 4) * 64 + c * 4 + kk % 4] = block_src[kk];
+                } else {
+                    const uint8_t u = (block_src[kk / 2] >> (4 * (kk % 2))) & 15;
+                    const int q = kk / 8, t = kk % 4, high = (kk % 8) / 4;
+                    dst[q * 64 + c * 4 + t] |= (uint8_t)(u << (4 * high));
+                }
             }
             const float scale = src_scales[col * blocks + b];
             w->scales[record * COLUMNS + c] = scale;
@@ -767,7 +797,7 @@ static ParleyOp OPS[] = {
      .compute = offset_compute, .create = create_offset},
     {.name = "SwiGLU", .inputs = 1, .outputs = 1, .input_types = FLOAT_INPUTS,
      .compute = swiglu_compute, .create = create_stateless},
-    {.name = "Int4Linear", .inputs = 4, .outputs = 1, .input_types = LINEAR_INPUTS, .compute = linear_compute,
+    {.name = "QuantLinear", .inputs = 4, .outputs = 1, .input_types = LINEAR_INPUTS, .compute = linear_compute,
      .create = create_linear, .destroy = destroy_linear, .required_inputs = 3},
 };
 
@@ -790,9 +820,9 @@ static void fill(ParleyOp *op) {
     base->GetEndVersion = op_end_version;
 }
 
-/* Whether Int4Linear has its vector kernel in this build (its plain-C path is slower than ONNX Runtime's
+/* Whether QuantLinear has its vector kernel in this build (its plain-C path is slower than ONNX Runtime's
  * MatMulNBits, so fusion.py uses it only when this says 1). */
-__attribute__((visibility("default"))) int ParleyFastInt4Linear(void) {
+__attribute__((visibility("default"))) int ParleyFastQuantLinear(void) {
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
     return 1;
 #else
