@@ -45,8 +45,10 @@ MAX_CONSECUTIVE_FAILURES = 3  # failed model runs in a row before the engine rep
 @dataclass(frozen=True)
 class EngineConfig:
     max_queued: int = 256  # requests waiting for a slot; more → RESOURCE_EXHAUSTED
-    prefill_chunk: int = 128  # prompt tokens per prefill run while others decode: bounds their stall (~0.3 s)
-    max_prefill_run: int = 2048  # prompt tokens per prefill run when nothing else is running
+    prefill_chunk: int = 128  # prompt tokens per prefill run while others decode: bounds their stall (~0.2 s)
+    # prompt tokens per prefill run when nothing else is running: 128-256 token runs prefill a 2048-token
+    # prompt 5% faster than one run (attention's working set), and let new arrivals join sooner
+    max_prefill_run: int = 256
     park_idle_seconds: float = 600.0  # a finished sequence's K/V stays reusable this long (prefix reuse)
 
 

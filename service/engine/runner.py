@@ -23,7 +23,7 @@ import onnxruntime as ort
 
 from models.card import ModelCard, load_card
 from service.engine import kernels
-from service.engine.kernels.fusion import FusionReport, fuse_for_decode
+from service.engine.kernels.fusion import FusionReport, fuse
 from service.engine.kv_cache import Device, KVCache, KVShape
 from service.errors import EngineFailure, ModelError
 
@@ -92,8 +92,9 @@ class ModelRunner:
         self.usable_capacity = capacity  # tokens a sequence may hold
         self.warm_up_batch_sizes: tuple[int, ...] = (1, options.max_batch)  # the largest touches every KV row
         self.threads = options.threads or available_cores()
-        self.session = self._create_session(str(self.model_dir / self.card.graph.file))
-        self.decode_session, self.fusions = self._decode_session()
+        self.prefill_fusions: FusionReport | None = None
+        self.fusions: FusionReport | None = None  # of the decode graph
+        self.session, self.decode_session = self._create_sessions()
         self.vocab_size = self.card.vocab_size
         self._logits = np.zeros((options.max_batch, 1, self.vocab_size), dtype=np.float32)
         self._decode_bindings: dict[int, ort.IOBinding] = {}
@@ -122,18 +123,17 @@ class ModelRunner:
         except Exception as exc:  # ORT's own exception types
             raise ModelError(f"{path}: ONNX Runtime cannot load the graph: {exc}") from None
 
-    def _decode_session(self) -> tuple[ort.InferenceSession, FusionReport | None]:
-        """The decode session: the graph rewritten onto Parley's kernels when they apply, else the prefill
-        session itself. Prefill keeps ONNX Runtime's kernels (their GEMMs win at many tokens per run)."""
+    def _kernel_library(self) -> Path | None:
+        """Parley's kernel library when this runner should use it (per options.kernels), else None."""
         mode = self.options.kernels
         built = kernels.library()
         if mode == "off" or (mode == "auto" and (built is None or self.card.graph.kv_dtype != "float32")):
             if mode == "auto" and built is None:
                 log.warning(
-                    "Parley's decode kernels are not built (make setup builds them): decoding with "
+                    "Parley's decode kernels are not built (make setup builds them): running on "
                     "ONNX Runtime's own kernels, which is slower"
                 )
-            return self.session, None
+            return None
         if built is None:
             raise ModelError(
                 "kernels='on' but the kernel library is not built: run "
@@ -143,10 +143,30 @@ class ModelRunner:
             raise ModelError(
                 f"Parley's decode kernels are fp32 only; this model's graph is {self.card.graph.kv_dtype}"
             )
-        model = onnx.load(str(self.model_dir / self.card.graph.file), load_external_data=False)
-        report = fuse_for_decode(model, quant_linear=kernels.fast_quant_linear(built))
-        log.info("decode graph: %s", report)
-        return self._create_session(model.SerializeToString(), built), report
+        return built
+
+    def _create_sessions(self) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        """(prefill, decode) sessions. With Parley's kernels both run rewritten graphs (service/engine/
+        kernels/fusion.py): decode with every fusion, prefill keeping GroupQueryAttention, and keeping
+        MatMulNBits too where the library lacks QuantLinear's vector path. Without them, one stock session
+        serves both."""
+        path = self.model_dir / self.card.graph.file
+        built = self._kernel_library()
+        if built is None:
+            stock = self._create_session(str(path))
+            return stock, stock
+        fast_linear = kernels.fast_quant_linear(built)
+        source = onnx.load(str(path), load_external_data=False)
+        decode_graph = onnx.ModelProto()
+        decode_graph.CopyFrom(source)
+        self.fusions = fuse(decode_graph, attention=True, quant_linear=fast_linear)
+        log.info("decode graph: %s", self.fusions)
+        decode = self._create_session(decode_graph.SerializeToString(), built)
+        if not fast_linear:
+            return self._create_session(str(path)), decode
+        self.prefill_fusions = fuse(source, attention=False, quant_linear=True)
+        log.info("prefill graph: %s", self.prefill_fusions)
+        return self._create_session(source.SerializeToString(), built), decode
 
     # --- bindings -------------------------------------------------------------------------------
     def _bind_cache(self, binding: ort.IOBinding, first_slot: int, n: int) -> None:

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from models.prepare import PrepareRequest, prepare
 from service.engine.kernels import fast_quant_linear
 from service.engine.kernels.build import build, compile_library
-from service.engine.kernels.fusion import DOMAIN, fuse_for_decode
+from service.engine.kernels.fusion import DOMAIN, fuse
 from service.engine.runner import ModelRunner, RunnerOptions
 
 H, G, D, CAPACITY, POSITIONS = 9, 3, 64, 48, 64  # the default model's head layout, a small cache
@@ -296,7 +296,7 @@ def test_quant_linear_computes_what_matmulnbits_computes(
 
 def test_quant_linear_is_used_only_with_its_vector_kernel(default_model_dir: Path, tmp_path: Path) -> None:
     model = onnx.load(str(default_model_dir / "model.onnx"), load_external_data=False)
-    assert fuse_for_decode(model, quant_linear=False).linear == 0
+    assert fuse(model, quant_linear=False).linear == 0
     assert sum(node.op_type == "MatMulNBits" for node in model.graph.node) == 121
     portable = compile_library(tmp_path / "libparley_ops.so", march="x86-64")
     assert not fast_quant_linear(portable)
@@ -305,7 +305,7 @@ def test_quant_linear_is_used_only_with_its_vector_kernel(default_model_dir: Pat
 def test_fusion_rewrites_every_pattern_of_the_default_model(default_model_dir: Path) -> None:
     model = onnx.load(str(default_model_dir / "model.onnx"), load_external_data=False)
     before = len(model.graph.node)
-    report = fuse_for_decode(model)
+    report = fuse(model)
     layers = 30
     assert (report.attention, report.offsets, report.swiglu) == (layers, 4 * layers, layers)
     assert report.linear == 4 * layers + 1  # QKV, O, gate/up, down per layer; the 8-bit LM head
@@ -347,6 +347,9 @@ def test_fused_decode_matches_the_stock_graph_at_fp32(fp32_model_dir: Path, nati
     logits_by_mode: dict[str, list[np.ndarray]] = {}
     for mode, runner in _runners(fp32_model_dir).items():
         assert (runner.fusions is not None) == (mode == "on")
+        if mode == "on":  # at fp32 there is no MatMulNBits: the prefill graph gains SwiGLU only
+            assert runner.prefill_fusions is not None
+            assert (runner.prefill_fusions.attention, runner.prefill_fusions.swiglu) == (0, 30)
         for slot, prompt in enumerate(prompts):
             runner.prefill(slot, np.array(prompt[:-1]), 0)
         last = np.array([p[-1] for p in prompts])
@@ -369,7 +372,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return result
 
 
-def test_fused_decode_stays_within_int8_activation_noise_at_int4(
+PREFIXED = 12  # tokens of each row prefilled before teacher-forced decoding
+
+
+def test_fused_graphs_stay_within_int8_activation_noise_at_int4(
     default_model_dir: Path, default_tokenizer: Tokenizer, native_library: Path
 ) -> None:
     """At int4 both graphs quantise activations to int8, so an ulp of difference upstream can flip a
@@ -386,10 +392,16 @@ def test_fused_decode_stays_within_int8_activation_noise_at_int4(
     steps = min(len(r) for r in rows)
     logits: dict[str, np.ndarray] = {}
     for mode, runner in _runners(default_model_dir).items():
+        if mode == "on":  # prefill on QuantLinear with GroupQueryAttention kept
+            assert runner.prefill_fusions is not None and runner.prefill_fusions.attention == 0
+            assert runner.prefill_fusions.linear == 121
         for slot, row in enumerate(rows):
-            runner.prefill(slot, np.array(row[:1]), 0)
+            runner.prefill(slot, np.array(row[:PREFIXED]), 0)  # the prefill graph writes these K/V rows
         logits[mode] = np.array(
-            [runner.decode(np.array([r[t] for r in rows]), np.full(3, t)).copy() for t in range(1, steps)]
+            [
+                runner.decode(np.array([r[t] for r in rows]), np.full(3, t)).copy()
+                for t in range(PREFIXED, steps)
+            ]
         )
     stock, fused = _log_softmax(logits["off"]), _log_softmax(logits["on"])
     kl = (np.exp(stock) * (stock - fused)).sum(-1)

@@ -1,9 +1,9 @@
-"""Rewrite a prepared CPU graph to use Parley's custom ops (parley_ops.c) for decode.
+"""Rewrite a prepared CPU graph to use Parley's custom ops (parley_ops.c).
 
-A pure function over the ONNX graph: three patterns the converter emits become one op each, and the
-nodes left without consumers are dropped. The model directory is never changed; the runner loads the
-rewritten graph from memory for its decode session only (prefill keeps ONNX Runtime's own kernels,
-whose GEMMs win at many tokens per run).
+A pure function over the ONNX graph: the patterns the converter emits become one op each, and the nodes
+left without consumers are dropped. The model directory is never changed; the runner loads the rewritten
+graphs from memory: the decode graph with every fusion, the prefill graph without DecodeAttention
+(GroupQueryAttention's GEMMs win at many tokens per run; QuantLinear still beats MatMulNBits there).
 
     GroupQueryAttention(qkv, -, -, past_k, past_v, seqlens_k, total, cos, sin) [rotary, interleaved]
         -> DecodeAttention(qkv, past_k, past_v, seqlens_k, total, cos, sin)
@@ -196,14 +196,15 @@ def _drop_dead_nodes(graph: onnx.GraphProto) -> int:
     return removed
 
 
-def fuse_for_decode(model: onnx.ModelProto, quant_linear: bool = True) -> FusionReport:
+def fuse(model: onnx.ModelProto, *, attention: bool = True, quant_linear: bool = True) -> FusionReport:
     """Rewrite `model` in place; returns what was fused (all zero for a graph with none of the patterns).
+    attention=False keeps GroupQueryAttention (the prefill graph: its GEMMs win at many tokens per run);
     quant_linear=False keeps MatMulNBits (for a kernel library built without QuantLinear's vector path)."""
     graph = model.graph
     g = _Graph(graph)
     counts = Counter[str]()
     for index, node in enumerate(list(graph.node)):
-        fused = _attention(node) or _block_offset(g, node) or _swiglu(g, node)
+        fused = (attention and _attention(node)) or _block_offset(g, node) or _swiglu(g, node)
         if fused is not None:
             graph.node[index].CopyFrom(fused)
             counts[fused.op_type] += 1
