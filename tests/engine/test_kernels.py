@@ -262,16 +262,24 @@ def _linear_session(
 
 
 @pytest.mark.parametrize(("rows", "k", "n"), [(1, 576, 960), (8, 1536, 576), (11, 64, 40), (3, 576, 3072)])
-@pytest.mark.parametrize(("bits", "with_offsets"), [(4, False), (4, True), (8, False)])
+@pytest.mark.parametrize(
+    ("bits", "with_offsets", "fp16_exact"),
+    [(4, False, False), (4, True, False), (4, True, True), (8, False, False), (8, False, True)],
+)
 def test_quant_linear_computes_what_matmulnbits_computes(
-    library: Path, rows: int, k: int, n: int, bits: int, with_offsets: bool
+    library: Path, rows: int, k: int, n: int, bits: int, with_offsets: bool, fp16_exact: bool
 ) -> None:
     """Same int8 activations, same rounding: equal to MatMulNBits (plus the exact offset term) up to the
-    order of float sums, on row counts past one register tile (8) and widths past whole 16-column groups."""
+    order of float sums, on row counts past one register tile (8) and widths past whole 16-column groups.
+    fp16_exact: scales and minima as GGUF stores them (fp16), which the kernel keeps in compact form."""
     rng = np.random.default_rng(rows * k + n + bits)
     codes = rng.integers(0, 256, (n, k // 32, 32 * bits // 8), dtype=np.uint8)
     scales = (rng.random((n, k // 32)) * 0.02 + 0.001).astype(np.float32)
     offsets_t = (rng.standard_normal((k // 32, n)) * 0.05).astype(np.float32)
+    if fp16_exact:  # a Q4_1 block: scale d and minimum m in fp16, offset m + z·d (as models/weights.py packs)
+        scales = scales.astype(np.float16).astype(np.float32)
+        minima = offsets_t.astype(np.float16).astype(np.float32)
+        offsets_t = minima + (1 << (bits - 1)) * scales.T
     weights = [numpy_helper.from_array(codes, "codes"), numpy_helper.from_array(scales, "scales")]
     offsets = [numpy_helper.from_array(offsets_t, "offsets_t")] if with_offsets else []
     ours = _linear_session(library, "QuantLinear", rows, k, n, bits, weights + offsets)
