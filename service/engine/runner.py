@@ -101,8 +101,14 @@ class ModelRunner:
         self._prefill_bindings: dict[int, ort.IOBinding] = {}
         self._prefill_logits = np.zeros((1, 1, self.vocab_size), dtype=np.float32)
 
-    def _create_session(self, graph: str | bytes, custom_ops: Path | None = None) -> ort.InferenceSession:
+    def _create_session(
+        self, graph: str | bytes, custom_ops: Path | None = None, spin: bool = True
+    ) -> ort.InferenceSession:
         so = ort.SessionOptions()
+        if not spin:
+            # A prefill session beside a decode session: its idle pool thread must not spin on the core
+            # the decode run needs next (alternating prefill chunks and decode steps measured 10% faster).
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -163,10 +169,10 @@ class ModelRunner:
         log.info("decode graph: %s", self.fusions)
         decode = self._create_session(decode_graph.SerializeToString(), built)
         if not fast_linear:
-            return self._create_session(str(path)), decode
+            return self._create_session(str(path), spin=False), decode
         self.prefill_fusions = fuse(source, attention=False, quant_linear=True)
         log.info("prefill graph: %s", self.prefill_fusions)
-        return self._create_session(source.SerializeToString(), built), decode
+        return self._create_session(source.SerializeToString(), built, spin=False), decode
 
     # --- bindings -------------------------------------------------------------------------------
     def _bind_cache(self, binding: ort.IOBinding, first_slot: int, n: int) -> None:
