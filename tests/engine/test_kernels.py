@@ -42,9 +42,10 @@ def _session(
     nodes: list[onnx.NodeProto],
     inputs: list[onnx.ValueInfoProto],
     outputs: list[onnx.ValueInfoProto],
+    initializers: list[onnx.TensorProto] | None = None,
 ) -> ort.InferenceSession:
     model = helper.make_model(
-        helper.make_graph(nodes, "kernel_test", inputs, outputs),
+        helper.make_graph(nodes, "kernel_test", inputs, outputs, initializers or []),
         opset_imports=[
             helper.make_opsetid("", 21),
             helper.make_opsetid(DOMAIN, 1),
@@ -246,19 +247,7 @@ def _linear_session(
     node = helper.make_node(op, ["x", *names], ["y"], domain="com.microsoft" if stock else DOMAIN)
     attrs = {"K": k, "N": n, "bits": bits, "block_size": 32, **({"accuracy_level": 4} if stock else {})}
     node.attribute.extend(helper.make_attribute(key, value) for key, value in attrs.items())
-    model = helper.make_model(
-        helper.make_graph([node], "linear", [_info("x", [rows, 1, k])], [_info("y", None)], initializers),
-        opset_imports=[
-            helper.make_opsetid("", 21),
-            helper.make_opsetid(DOMAIN, 1),
-            helper.make_opsetid("com.microsoft", 1),
-        ],
-        ir_version=10,
-    )
-    so = ort.SessionOptions()
-    so.register_custom_ops_library(str(library))
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return _session(library, [node], [_info("x", [rows, 1, k])], [_info("y", None)], initializers)
 
 
 @pytest.mark.parametrize(("rows", "k", "n"), [(1, 576, 960), (8, 1536, 576), (11, 64, 40), (3, 576, 3072)])
