@@ -152,10 +152,10 @@ class ModelRunner:
         return built
 
     def _create_sessions(self) -> tuple[ort.InferenceSession, ort.InferenceSession]:
-        """(prefill, decode) sessions. With Parley's kernels both run rewritten graphs (service/engine/
-        kernels/fusion.py): decode with every fusion, prefill keeping GroupQueryAttention, and keeping
-        MatMulNBits too where the library lacks QuantLinear's vector path. Without them, one stock session
-        serves both."""
+        """(prefill, decode) sessions. With Parley's kernels the decode graph gets every fusion
+        (service/engine/kernels/fusion.py) and the prefill graph all but DecodeAttention; where the library
+        lacks QuantLinear's vector path, prefill stays on the stock graph. Without the kernels one stock
+        session serves both."""
         path = self.model_dir / self.card.graph.file
         built = self._kernel_library()
         if built is None:
