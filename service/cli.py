@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from models.card import PRECISIONS
-from service.config import DEFAULT_MODEL_DIR, DEVICES, KERNEL_MODES, ServerConfig, build_config
+from service.config import DEFAULT_MODEL_DIR, DEVICES, ServerConfig, build_config
+from service.engine.kernels import KERNEL_MODES
 from service.errors import ParleyError
 
 log = logging.getLogger("parley")

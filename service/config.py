@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 from models.fetch import DEFAULT_MODEL, STORE
+from service.engine.kernels import KERNEL_MODES, KernelMode
 from service.errors import InvalidArgument
 
 DEFAULT_MODEL_DIR = STORE / DEFAULT_MODEL.name
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = get_args(Device)
-KernelMode = Literal["auto", "on", "off"]
-KERNEL_MODES: tuple[str, ...] = get_args(KernelMode)
 ENV_PREFIX = "PARLEY_"
 MIB = 1 << 20
 

@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from models.card import ModelCard, load_card
 from service.engine import kernels
+from service.engine.kernels import KernelMode
 from service.engine.kernels.fusion import FusionReport, fuse
 from service.engine.kv_cache import Device, KVCache, KVShape
 from service.errors import EngineFailure, ModelError
@@ -52,8 +53,7 @@ class RunnerOptions:
     threads: int | None = None  # intra-op threads; None = all available cores
     device: Literal["auto", "cpu", "cuda"] = "auto"
     profile_prefix: str | None = None  # write an ONNX Runtime kernel profile (benchmark use)
-    # Parley's custom decode kernels (service/engine/kernels): auto = when built and the graph is fp32.
-    kernels: Literal["auto", "on", "off"] = "auto"
+    kernels: KernelMode = "auto"  # Parley's custom ops (service/engine/kernels)
 
 
 DEFAULT_RUNNER_OPTIONS = RunnerOptions()

@@ -13,12 +13,18 @@ from parley.v1.completion_pb2 import Completion, CompletionChunk, CompletionRequ
 from parley.v1.session_pb2 import ChatSessionRequest, ChatSessionResponse
 from typing_extensions import override
 
-from service.engine.events import ChoiceFinished, RequestFailed, RequestFinished, TokenEvent
+from service.engine.events import (
+    ChoiceFinished,
+    GenerationRequest,
+    RequestFailed,
+    RequestFinished,
+    TokenEvent,
+)
 from service.server.completion import CompletionHandlers
 from service.server.convert import inbound, outbound
 from service.server.generation import CallInfo, collect, engine_deadline
 from service.server.rpc import Context, streaming, unary
-from service.server.served_model import ModelRegistry
+from service.server.served_model import ModelRegistry, PreparedChat, ServedModel
 from service.server.session import run_session
 
 log = logging.getLogger(__name__)
@@ -29,9 +35,10 @@ class ChatService(chat_service_pb2_grpc.ChatServiceServicer):
         self.registry = registry
         self.completions = CompletionHandlers(registry)
 
-    @override
-    @unary
-    async def CreateChatCompletion(self, request: ChatCompletionRequest, context: Context) -> ChatCompletion:
+    def _prepare(
+        self, request: ChatCompletionRequest, context: Context
+    ) -> tuple[ServedModel, PreparedChat, CallInfo, GenerationRequest]:
+        """Convert, validate and render the request; the engine request to submit."""
         chat = inbound.chat_request(request)
         model = self.registry.get(chat.model)
         prepared = model.prepare_chat(chat)
@@ -44,8 +51,14 @@ class ChatService(chat_service_pb2_grpc.ChatServiceServicer):
             n=chat.n,
             deadline=engine_deadline(context.time_remaining()),
         )
+        return model, prepared, call, generation
+
+    @override
+    @unary
+    async def CreateChatCompletion(self, request: ChatCompletionRequest, context: Context) -> ChatCompletion:
+        model, prepared, call, generation = self._prepare(request, context)
         async with model.events(generation) as events:
-            output = await collect(events, chat.n)
+            output = await collect(events, generation.n)
         log.info(
             "%s done: %d prompt tokens (%d cached), %d generated, %.3f s",
             call.id,
@@ -67,18 +80,7 @@ class ChatService(chat_service_pb2_grpc.ChatServiceServicer):
     async def StreamChatCompletion(
         self, request: ChatCompletionRequest, context: Context
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
-        chat = inbound.chat_request(request)
-        model = self.registry.get(chat.model)
-        prepared = model.prepare_chat(chat)
-        model.check_serving()
-        call = CallInfo.new("chatcmpl", model.name, model.fingerprint)
-        generation = model.generation(
-            call.id,
-            prepared.prompt.prompt.token_ids,
-            prepared.sampling,
-            n=chat.n,
-            deadline=engine_deadline(context.time_remaining()),
-        )
+        model, prepared, call, generation = self._prepare(request, context)
         started: set[int] = set()  # choices whose first chunk (with the role) went out
         async with model.events(generation) as events:
             async for event in events:
@@ -90,7 +92,7 @@ class ChatService(chat_service_pb2_grpc.ChatServiceServicer):
                 elif isinstance(event, RequestFinished):
                     log.info("%s streamed: %s", call.id, event.usage)
                     yield outbound.chat_last_chunk(
-                        call, event, chat.n, dropped=prepared.prompt.dropped_messages
+                        call, event, generation.n, dropped=prepared.prompt.dropped_messages
                     )
                 elif isinstance(event, RequestFailed):
                     raise event.error

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
+from typing import Literal, get_args
+
+# auto: use the kernels when built (and the graph is fp32); on: require them; off: ONNX Runtime's only
+KernelMode = Literal["auto", "on", "off"]
+KERNEL_MODES: tuple[str, ...] = get_args(KernelMode)
 
 SOURCE = Path(__file__).resolve().parent / "parley_ops.c"
 BUILD_DIR = SOURCE.parent / "build"
