@@ -250,7 +250,9 @@ def _linear_session(
     return _session(library, [node], [_info("x", [rows, 1, k])], [_info("y", None)], initializers)
 
 
-@pytest.mark.parametrize(("rows", "k", "n"), [(1, 576, 960), (8, 1536, 576), (11, 64, 40), (3, 576, 3072)])
+@pytest.mark.parametrize(
+    ("rows", "k", "n"), [(1, 576, 960), (8, 1536, 576), (11, 64, 40), (3, 576, 3072), (45, 576, 72)]
+)
 @pytest.mark.parametrize(
     ("bits", "with_offsets", "fp16_exact"),
     [(4, False, False), (4, True, False), (4, True, True), (8, False, False), (8, False, True)],
@@ -259,7 +261,8 @@ def test_quant_linear_computes_what_matmulnbits_computes(
     library: Path, rows: int, k: int, n: int, bits: int, with_offsets: bool, fp16_exact: bool
 ) -> None:
     """Same int8 activations, same rounding: equal to MatMulNBits (plus the exact offset term) up to the
-    order of float sums, on row counts past one register tile (8) and widths past whole 16-column groups.
+    order of float sums, on row counts past one register tile (8), widths past whole 16-column groups and
+    inputs long enough (45 rows) to be quantised in parallel chunks.
     fp16_exact: scales and minima as GGUF stores them (fp16), which the kernel keeps in compact form."""
     rng = np.random.default_rng(rows * k + n + bits)
     codes = rng.integers(0, 256, (n, k // 32, 32 * bits // 8), dtype=np.uint8)
