@@ -425,115 +425,141 @@ typedef struct {
     uint16_t *scales16, *minima16;
 } LinearKernel;
 
+/* Quantised activations, tiled for the kernels: rows go in tiles of ROW_CHUNK, and tile t's block b holds its
+ * rows' 32 codes one after another, so one pointer walks a tile's whole input block by block:
+ *     entry i = (t·blocks + b)·ROW_CHUNK + r   (row m = t·ROW_CHUNK + r)
+ *     qx[32·i .. 32·i + 31]  int8 codes;  dx[i] their scale;  sx[i] the exact fp32 block sum;
+ *     zq[i] = −z·Σ codes (int32), the centring of the weights' unsigned codes, exact in integers.
+ * A last, partial tile keeps the stride; its missing rows are never read. */
+typedef struct {
+    const int8_t *qx;
+    const float *dx, *sx;
+    const int32_t *zq;
+} Activations;
+
 typedef struct {
     const LinearKernel *w;
-    const int8_t *qx;  // [rows][k]
-    const float *dx;   // [rows][blocks] activation scales
-    const float *sx;   // [rows][blocks] exact activation block sums
-    const float *qs;   // [rows][blocks] −dx·Σ qx: times z, the codes' centring
+    Activations a;
     float *y;
     int64_t rows;
 } LinearJob;
 
-__attribute__((unused)) static void linear_group_portable(const LinearJob *job, int64_t group, int64_t r0, int64_t rows) {
+static inline size_t entry(int64_t tile, int64_t blocks) { return (size_t)(tile * blocks * ROW_CHUNK); }
+
+static inline void store_rows(const LinearJob *job, int64_t group, int64_t tile, int r, const float *acc) {
+    const LinearKernel *w = job->w;
+    const int64_t n0 = group * COLUMNS, width = w->n - n0 < COLUMNS ? w->n - n0 : COLUMNS;
+    memcpy(job->y + (tile * ROW_CHUNK + r) * w->n + n0, acc, (size_t)width * sizeof(float));
+}
+
+__attribute__((unused)) static void linear_group_portable(const LinearJob *job, int64_t group, int64_t tile, int rows) {
     const LinearKernel *w = job->w;
     float acc[ROW_CHUNK][COLUMNS] = {{0}};
-    for (int64_t b = 0; b < w->blocks; b++) {
+    size_t i = entry(tile, w->blocks);
+    for (int64_t b = 0; b < w->blocks; b++, i += ROW_CHUNK) {
         const size_t record = (size_t)(group * w->blocks + b);
         const uint8_t *codes = w->codes + record * record_bytes((int)w->bits);
         const float *scales = w->scales + record * COLUMNS, *offsets = w->offsets + record * COLUMNS;
-        const float zero = (float)(1 << (w->bits - 1));
-        for (int64_t r = 0; r < rows; r++) {
-            const int64_t m = r0 + r;
-            const int8_t *qx = job->qx + m * w->k + b * BLOCK;
-            int32_t dot[COLUMNS] = {0};
-            for (int c = 0; c < COLUMNS; c++)
+        for (int r = 0; r < rows; r++) {
+            const int8_t *qx = job->a.qx + (i + (size_t)r) * BLOCK;
+            for (int c = 0; c < COLUMNS; c++) {
+                int32_t dot = job->a.zq[i + (size_t)r];
                 for (int t = 0; t < 4; t++) {
                     if (w->bits == 8) {
-                        for (int g = 0; g < 8; g++) dot[c] += codes[g * 64 + c * 4 + t] * qx[4 * g + t];
+                        for (int g = 0; g < 8; g++) dot += codes[g * 64 + c * 4 + t] * qx[4 * g + t];
                     } else {
                         for (int q = 0; q < 4; q++) {
                             const uint8_t byte = codes[q * 64 + c * 4 + t];
-                            dot[c] += (byte & 15) * qx[8 * q + t] + (byte >> 4) * qx[8 * q + 4 + t];
+                            dot += (byte & 15) * qx[8 * q + t] + (byte >> 4) * qx[8 * q + 4 + t];
                         }
                     }
                 }
-            const size_t i = (size_t)(m * w->blocks + b);
-            for (int c = 0; c < COLUMNS; c++)
-                acc[r][c] += (float)dot[c] * scales[c] * job->dx[i] + scales[c] * zero * job->qs[i] + offsets[c] * job->sx[i];
+                acc[r][c] += (float)dot * scales[c] * job->a.dx[i + (size_t)r] + offsets[c] * job->a.sx[i + (size_t)r];
+            }
         }
     }
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t n0 = group * COLUMNS, width = w->n - n0 < COLUMNS ? w->n - n0 : COLUMNS;
-        memcpy(job->y + (r0 + r) * w->n + n0, acc[r], (size_t)width * sizeof(float));
-    }
+    for (int r = 0; r < rows; r++) store_rows(job, group, tile, r, acc[r]);
 }
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-/* Inlined once per (code width, compact or not, row count 1..8) below: accumulators live in registers. */
+/* Inlined once per (code width, compact or not, row count 1..8) below, so the row loop unrolls and the
+ * accumulators and the unpacked weights live in registers. VNNI's dot product runs on one port here, so
+ * the float work around it is kept to a convert, a multiply and two FMAs per row and block; the codes'
+ * centring rides in the dot product's starting value. */
 static inline __attribute__((always_inline)) void linear_group_vnni(const LinearJob *job, int64_t group,
-                                                                    int64_t r0, const int rows, const int bits,
+                                                                    int64_t tile, const int rows, const int bits,
                                                                     const int compact) {
     const LinearKernel *w = job->w;
     const __m512i low = _mm512_set1_epi8(15);
+    const __m512 zero = _mm512_set1_ps((float)(1 << (bits - 1)));
     __m512 acc[ROW_CHUNK];
+#pragma GCC unroll 8
     for (int r = 0; r < ROW_CHUNK; r++) acc[r] = _mm512_setzero_ps();
+    const size_t first = (size_t)(group * w->blocks);
+    const uint8_t *codes = w->codes + first * record_bytes(bits);
+    const size_t i0 = entry(tile, w->blocks);
+    const int32_t *qx = (const int32_t *)(job->a.qx + i0 * BLOCK);  // 4 activations a lane
+    const float *dx = job->a.dx + i0, *sx = job->a.sx + i0;
+    const int32_t *zq = job->a.zq + i0;
     for (int64_t b = 0; b < w->blocks; b++) {
-        const size_t record = (size_t)(group * w->blocks + b);
-        const uint8_t *codes = w->codes + record * record_bytes(bits);
         __m512i u[8];
         if (bits == 8) {
+#pragma GCC unroll 8
             for (int g = 0; g < 8; g++) u[g] = _mm512_loadu_si512(codes + 64 * g);
         } else {
+#pragma GCC unroll 4
             for (int q = 0; q < 4; q++) {
                 const __m512i packed = _mm512_loadu_si512(codes + 64 * q);
                 u[2 * q] = _mm512_and_si512(packed, low);
                 u[2 * q + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
             }
         }
-        const __m512 zero = _mm512_set1_ps((float)(1 << (bits - 1)));
-        __m512 scales, offsets, centring;
+        const size_t record = first + (size_t)b;
+        __m512 scales, offsets;
         if (compact) {  // offset = minimum + z·scale, exact (checked when the weights were packed)
             scales = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->scales16 + record * COLUMNS)));
-            centring = _mm512_mul_ps(scales, zero);
-            offsets = _mm512_add_ps(
-                _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->minima16 + record * COLUMNS))), centring);
+            offsets = _mm512_fmadd_ps(
+                scales, zero, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->minima16 + record * COLUMNS))));
         } else {
             scales = _mm512_loadu_ps(w->scales + record * COLUMNS);
-            centring = _mm512_mul_ps(scales, zero);
             offsets = _mm512_loadu_ps(w->offsets + record * COLUMNS);
         }
+#pragma GCC unroll 8
         for (int r = 0; r < rows; r++) {
-            const int64_t m = r0 + r;
-            const int32_t *qx = (const int32_t *)(job->qx + m * w->k + b * BLOCK);  // 4 activations a lane
-            __m512i dot0 = _mm512_setzero_si512(), dot1 = _mm512_setzero_si512();
-            for (int g = 0; g < 8; g += 2) {  // u[g] pairs with activations 4g..4g+3 (see the layout)
-                dot0 = _mm512_dpbusd_epi32(dot0, u[g], _mm512_set1_epi32(qx[g]));
-                dot1 = _mm512_dpbusd_epi32(dot1, u[g + 1], _mm512_set1_epi32(qx[g + 1]));
+            // u[g] pairs with activations 4g..4g+3 (see the layout); two chains hide the dot's latency
+            __m512i dot0 = _mm512_set1_epi32(zq[r]), dot1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int g = 0; g < 8; g += 2) {
+                dot0 = _mm512_dpbusd_epi32(dot0, u[g], _mm512_set1_epi32(qx[8 * r + g]));
+                dot1 = _mm512_dpbusd_epi32(dot1, u[g + 1], _mm512_set1_epi32(qx[8 * r + g + 1]));
             }
-            const size_t i = (size_t)(m * w->blocks + b);
-            const __m512 scaled = _mm512_mul_ps(scales, _mm512_set1_ps(job->dx[i]));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(dot0, dot1)), scaled, acc[r]);
-            acc[r] = _mm512_fmadd_ps(centring, _mm512_set1_ps(job->qs[i]), acc[r]);
-            acc[r] = _mm512_fmadd_ps(offsets, _mm512_set1_ps(job->sx[i]), acc[r]);
+            const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(dot0, dot1)), scales);
+            acc[r] = _mm512_fmadd_ps(scaled, _mm512_set1_ps(dx[r]), acc[r]);
+            acc[r] = _mm512_fmadd_ps(offsets, _mm512_set1_ps(sx[r]), acc[r]);
         }
+        codes += record_bytes(bits);
+        qx += ROW_CHUNK * BLOCK / 4;
+        dx += ROW_CHUNK;
+        sx += ROW_CHUNK;
+        zq += ROW_CHUNK;
     }
     const int64_t n0 = group * COLUMNS, width = w->n - n0 < COLUMNS ? w->n - n0 : COLUMNS;
     const __mmask16 mask = (__mmask16)((1u << width) - 1u);
-    for (int r = 0; r < rows; r++) _mm512_mask_storeu_ps(job->y + (r0 + r) * w->n + n0, mask, acc[r]);
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++) _mm512_mask_storeu_ps(job->y + (tile * ROW_CHUNK + r) * w->n + n0, mask, acc[r]);
 }
 
-static void linear_group_fast(const LinearJob *job, int64_t group, int64_t r0, int64_t rows) {
+static void linear_group_fast(const LinearJob *job, int64_t group, int64_t tile, int rows) {
 #define PARLEY_ROWS(bits, compact)                                                      \
     switch (rows) {                                                                     \
-        case 1: linear_group_vnni(job, group, r0, 1, bits, compact); break;             \
-        case 2: linear_group_vnni(job, group, r0, 2, bits, compact); break;             \
-        case 3: linear_group_vnni(job, group, r0, 3, bits, compact); break;             \
-        case 4: linear_group_vnni(job, group, r0, 4, bits, compact); break;             \
-        case 5: linear_group_vnni(job, group, r0, 5, bits, compact); break;             \
-        case 6: linear_group_vnni(job, group, r0, 6, bits, compact); break;             \
-        case 7: linear_group_vnni(job, group, r0, 7, bits, compact); break;             \
-        default: linear_group_vnni(job, group, r0, ROW_CHUNK, bits, compact); break;    \
+        case 1: linear_group_vnni(job, group, tile, 1, bits, compact); break;           \
+        case 2: linear_group_vnni(job, group, tile, 2, bits, compact); break;           \
+        case 3: linear_group_vnni(job, group, tile, 3, bits, compact); break;           \
+        case 4: linear_group_vnni(job, group, tile, 4, bits, compact); break;           \
+        case 5: linear_group_vnni(job, group, tile, 5, bits, compact); break;           \
+        case 6: linear_group_vnni(job, group, tile, 6, bits, compact); break;           \
+        case 7: linear_group_vnni(job, group, tile, 7, bits, compact); break;           \
+        default: linear_group_vnni(job, group, tile, ROW_CHUNK, bits, compact); break;  \
     }
     const int compact = job->w->compact;
     if (job->w->bits == 8) {
@@ -555,71 +581,73 @@ static void linear_group_fast(const LinearJob *job, int64_t group, int64_t r0, i
 
 static void linear_task(void *user, size_t group) {
     const LinearJob *job = user;
-    for (int64_t r0 = 0; r0 < job->rows; r0 += ROW_CHUNK) {
-        const int64_t rows = job->rows - r0 < ROW_CHUNK ? job->rows - r0 : ROW_CHUNK;
+    for (int64_t tile = 0; tile * ROW_CHUNK < job->rows; tile++) {
+        const int rows = (int)(job->rows - tile * ROW_CHUNK < ROW_CHUNK ? job->rows - tile * ROW_CHUNK : ROW_CHUNK);
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-        linear_group_fast(job, (int64_t)group, r0, rows);
+        linear_group_fast(job, (int64_t)group, tile, rows);
 #else
-        linear_group_portable(job, (int64_t)group, r0, rows);
+        linear_group_portable(job, (int64_t)group, tile, rows);
 #endif
     }
 }
 
 /* int8 activations per block of 32, as MatMulNBits' accuracy_level 4: scale max|x|/127, round to nearest
- * even; beside them the exact fp32 sum of each block and −dx·Σ qx. Blocks [first, end) of x. */
-static void quantize_blocks(const float *x, int64_t first, int64_t end, int8_t *qx, float *dx, float *sx, float *qs) {
-    int64_t i = first;
+ * even; beside them the exact fp32 sum of each block and −z·Σ codes. Rows [first, end) of x [rows, k] into the
+ * tiled layout above. */
+typedef struct {
+    const float *x;
+    int64_t rows, blocks, zero;
+    int8_t *qx;
+    float *dx, *sx;
+    int32_t *zq;
+} QuantizeJob;
+
+static void quantize_rows(const QuantizeJob *job, int64_t first, int64_t end) {
+    for (int64_t m = first; m < end; m++) {
+        size_t i = entry(m / ROW_CHUNK, job->blocks) + (size_t)(m % ROW_CHUNK);
+        const float *v = job->x + m * job->blocks * BLOCK;
+        for (int64_t b = 0; b < job->blocks; b++, i += ROW_CHUNK, v += BLOCK) {
+            int8_t *q = job->qx + i * BLOCK;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-    /* The same products and the same rounding (cvtps2dq rounds as the current mode, nearest even, as
-     * lrintf does); only the order of the fp32 block sum differs. */
-    for (; i < end; i++) {
-        const __m512 lo = _mm512_loadu_ps(x + i * BLOCK), hi = _mm512_loadu_ps(x + i * BLOCK + 16);
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(inv)));
-        const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(inv)));
-        _mm_storeu_si128((__m128i *)(qx + i * BLOCK), _mm512_cvtsepi32_epi8(qlo));
-        _mm_storeu_si128((__m128i *)(qx + i * BLOCK + 16), _mm512_cvtsepi32_epi8(qhi));
-        dx[i] = amax / 127.0f;
-        sx[i] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
-        qs[i] = -dx[i] * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
-    }
+            /* The same products and rounding as below (cvtps2dq rounds as the current mode, nearest even,
+             * as lrintf does); only the order of the fp32 block sum differs. */
+            const __m512 lo = _mm512_loadu_ps(v), hi = _mm512_loadu_ps(v + 16);
+            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+            const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+            const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, inv));
+            const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, inv));
+            _mm_storeu_si128((__m128i *)q, _mm512_cvtsepi32_epi8(qlo));
+            _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtsepi32_epi8(qhi));
+            const int32_t codes = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+            const float sum = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+#else
+            float amax = 0.0f, sum = 0.0f;
+            for (int j = 0; j < BLOCK; j++) {
+                const float a = fabsf(v[j]);
+                amax = a > amax ? a : amax;
+                sum += v[j];
+            }
+            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            int32_t codes = 0;
+            for (int j = 0; j < BLOCK; j++) {
+                q[j] = (int8_t)lrintf(v[j] * inv);
+                codes += q[j];
+            }
 #endif
-    for (; i < end; i++) {
-        const float *v = x + i * BLOCK;
-        float amax = 0.0f, sum = 0.0f;
-        for (int j = 0; j < BLOCK; j++) {
-            const float a = fabsf(v[j]);
-            amax = a > amax ? a : amax;
-            sum += v[j];
+            job->dx[i] = amax / 127.0f;
+            job->sx[i] = sum;
+            job->zq[i] = -(int32_t)job->zero * codes;
         }
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int32_t codes = 0;
-        for (int j = 0; j < BLOCK; j++) {
-            qx[i * BLOCK + j] = (int8_t)lrintf(v[j] * inv);
-            codes += qx[i * BLOCK + j];
-        }
-        dx[i] = amax / 127.0f;
-        sx[i] = sum;
-        qs[i] = -dx[i] * (float)codes;
     }
 }
 
-/* Long inputs (prefill) quantise on every pool thread, in chunks of this many blocks (about 10 µs each). */
-enum { QUANTIZE_CHUNK = 512 };
-
-typedef struct {
-    const float *x;
-    int8_t *qx;
-    float *dx, *sx, *qs;
-    int64_t blocks;
-} QuantizeJob;
+/* Long inputs (prefill) quantise on every pool thread, this many rows a task. */
+enum { QUANTIZE_ROWS = 16 };
 
 static void quantize_task(void *user, size_t chunk) {
     const QuantizeJob *job = user;
-    const int64_t first = (int64_t)chunk * QUANTIZE_CHUNK;
-    const int64_t end = first + QUANTIZE_CHUNK < job->blocks ? first + QUANTIZE_CHUNK : job->blocks;
-    quantize_blocks(job->x, first, end, job->qx, job->dx, job->sx, job->qs);
+    const int64_t first = (int64_t)chunk * QUANTIZE_ROWS;
+    quantize_rows(job, first, first + QUANTIZE_ROWS < job->rows ? first + QUANTIZE_ROWS : job->rows);
 }
 
 static OrtStatus *linear_compute(void *state, OrtKernelContext *ctx) {
@@ -634,22 +662,22 @@ static OrtStatus *linear_compute(void *state, OrtKernelContext *ctx) {
     LinearJob job = {.w = w, .rows = rows};
     CHECK(output(ctx, 0, dims, x.rank, &job.y));
     if (rows == 0) return NULL;
-    const size_t blocks = (size_t)(rows * w->blocks);
-    // one scratch area: int8 activations, then their scales and sums (floats stay 4-byte aligned)
-    float *area = scratch(blocks * (BLOCK / 4 + 3));
+    // one scratch area for whole tiles: int8 codes, then scales, sums and centrings (4-byte aligned)
+    const size_t entries = entry((rows + ROW_CHUNK - 1) / ROW_CHUNK, w->blocks);
+    float *area = scratch(entries * (BLOCK / 4 + 3));
     if (area == NULL) return ort->CreateStatus(ORT_FAIL, "ai.parley.QuantLinear: out of memory");
-    float *dx = area + blocks * (BLOCK / 4), *sx = dx + blocks, *qs = sx + blocks;
-    QuantizeJob quantize = {x.data, (int8_t *)area, dx, sx, qs, (int64_t)blocks};
-    if (blocks > QUANTIZE_CHUNK) {
-        CHECK(ort->KernelContext_ParallelFor(ctx, quantize_task, (blocks + QUANTIZE_CHUNK - 1) / QUANTIZE_CHUNK, 0,
-                                             &quantize));
+    QuantizeJob quantize = {.x = x.data, .rows = rows, .blocks = w->blocks, .zero = 1 << (w->bits - 1)};
+    quantize.qx = (int8_t *)area;
+    quantize.dx = area + entries * (BLOCK / 4);
+    quantize.sx = quantize.dx + entries;
+    quantize.zq = (int32_t *)(quantize.sx + entries);
+    if (rows > QUANTIZE_ROWS) {
+        CHECK(ort->KernelContext_ParallelFor(ctx, quantize_task, (size_t)((rows + QUANTIZE_ROWS - 1) / QUANTIZE_ROWS),
+                                             0, &quantize));
     } else {
-        quantize_task(&quantize, 0);
+        quantize_rows(&quantize, 0, rows);
     }
-    job.qx = (const int8_t *)area;
-    job.dx = dx;
-    job.sx = sx;
-    job.qs = qs;
+    job.a = (Activations){quantize.qx, quantize.dx, quantize.sx, quantize.zq};
     return ort->KernelContext_ParallelFor(ctx, linear_task, (size_t)w->groups, 0, &job);
 }
 
