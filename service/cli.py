@@ -72,8 +72,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--kernels",
         choices=KERNEL_MODES,
-        help="Parley's CPU decode kernels: auto (default: when built), on (fail if not built), off "
-        "(ONNX Runtime's own kernels only)",
+        help="Parley's CPU kernels (fp16 KV cache): auto (default: when built for this CPU), on (fail "
+        "if not), off (ONNX Runtime's own kernels, fp32 KV cache)",
     )
     p.add_argument("--max-queued", type=int, help="requests waiting for a slot before refusing (default 256)")
     p.add_argument(

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from models.card import ModelCard, load_card
 from service.engine import kernels
 from service.engine.kernels import KernelMode
-from service.engine.kernels.fusion import FusionReport, fuse
+from service.engine.kernels.fusion import FUSED_CACHE_DTYPE, FusionReport, fuse
 from service.engine.kv_cache import Device, KVCache, KVShape
 from service.errors import EngineFailure, ModelError
 
@@ -79,22 +79,23 @@ class ModelRunner:
             raise ModelError(
                 "the CUDA runner is service/engine/cuda_runner.py; ModelRunner is the CPU runner"
             )
-        dtype = np.float16 if self.card.graph.kv_dtype == "float16" else np.float32
+        self.threads = options.threads or available_cores()
+        self.prefill_fusions: FusionReport | None = None
+        self.fusions: FusionReport | None = None  # of the decode graph
+        self.session, self.decode_session = self._create_sessions()
+        fused_attention = self.fusions is not None and self.fusions.attention > 0
+        kv_dtype = FUSED_CACHE_DTYPE if fused_attention else self.card.graph.kv_dtype
         self.kv_shape = KVShape(
             n_layers=self.card.n_layers,
             n_kv_heads=self.card.n_kv_heads,
             head_dim=self.card.head_dim,
             max_batch=options.max_batch,
             capacity=capacity,
-            dtype=dtype,
+            dtype=np.float16 if kv_dtype == "float16" else np.float32,
         )
         self.kv = KVCache(self.kv_shape)
         self.usable_capacity = capacity  # tokens a sequence may hold
         self.warm_up_batch_sizes: tuple[int, ...] = (1, options.max_batch)  # the largest touches every KV row
-        self.threads = options.threads or available_cores()
-        self.prefill_fusions: FusionReport | None = None
-        self.fusions: FusionReport | None = None  # of the decode graph
-        self.session, self.decode_session = self._create_sessions()
         self.vocab_size = self.card.vocab_size
         self._logits = np.zeros((options.max_batch, 1, self.vocab_size), dtype=np.float32)
         self._decode_bindings: dict[int, ort.IOBinding] = {}
@@ -130,49 +131,51 @@ class ModelRunner:
             raise ModelError(f"{path}: ONNX Runtime cannot load the graph: {exc}") from None
 
     def _kernel_library(self) -> Path | None:
-        """Parley's kernel library when this runner should use it (per options.kernels), else None."""
+        """Parley's kernel library when this runner should use it (per options.kernels), else None. The
+        kernels need their vector paths (AVX-512 VNNI) and the fp32 CPU graph."""
         mode = self.options.kernels
-        built = kernels.library()
-        if mode == "off" or (mode == "auto" and (built is None or self.card.graph.kv_dtype != "float32")):
-            if mode == "auto" and built is None:
-                log.warning(
-                    "Parley's decode kernels are not built (make setup builds them): running on "
-                    "ONNX Runtime's own kernels, which is slower"
-                )
+        if mode == "off":
             return None
+        built = kernels.library()
+        problem = None
         if built is None:
-            raise ModelError(
-                "kernels='on' but the kernel library is not built: run "
-                "`python -m service.engine.kernels.build` (make setup does)"
+            problem = (
+                "the kernel library is not built (`python -m service.engine.kernels.build`; make setup does)"
             )
-        if self.card.graph.kv_dtype != "float32":
-            raise ModelError(
-                f"Parley's decode kernels are fp32 only; this model's graph is {self.card.graph.kv_dtype}"
+        elif not kernels.fast_quant_linear(built):
+            problem = "this CPU lacks AVX-512 VNNI, which Parley's kernels are built for"
+        elif self.card.graph.kv_dtype != "float32":
+            problem = (
+                f"Parley's kernels take the fp32 CPU graph; this model's graph is {self.card.graph.kv_dtype}"
             )
-        return built
+        if problem is None:
+            return built
+        if mode == "on":
+            raise ModelError(f"kernels='on' but {problem}")
+        log.warning("running ONNX Runtime's own kernels, which are slower: %s", problem)
+        return None
 
     def _create_sessions(self) -> tuple[ort.InferenceSession, ort.InferenceSession]:
-        """(prefill, decode) sessions. With Parley's kernels the decode graph gets every fusion
-        (service/engine/kernels/fusion.py) and the prefill graph all but DecodeAttention; where the library
-        lacks QuantLinear's vector path, prefill stays on the stock graph. Without the kernels one stock
-        session serves both."""
+        """(prefill, decode) sessions. With Parley's kernels both graphs get every fusion
+        (service/engine/kernels/fusion.py), and the KV cache is fp16; the prefill session does not spin its
+        idle threads. Without the kernels one stock session serves both."""
         path = self.model_dir / self.card.graph.file
         built = self._kernel_library()
         if built is None:
             stock = self._create_session(str(path))
             return stock, stock
-        fast_linear = kernels.fast_quant_linear(built)
         source = onnx.load(str(path), load_external_data=False)
         decode_graph = onnx.ModelProto()
         decode_graph.CopyFrom(source)
-        self.fusions = fuse(decode_graph, attention=True, quant_linear=fast_linear)
+        self.fusions = fuse(decode_graph)
         log.info("decode graph: %s", self.fusions)
-        decode = self._create_session(decode_graph.SerializeToString(), built)
-        if not fast_linear:
-            return self._create_session(str(path), spin=False), decode
-        self.prefill_fusions = fuse(source, attention=False, quant_linear=True)
-        log.info("prefill graph: %s", self.prefill_fusions)
-        return self._create_session(source.SerializeToString(), built, spin=False), decode
+        self.prefill_fusions = fuse(source)
+        if self.prefill_fusions.attention != self.fusions.attention:
+            raise ModelError(f"{path}: the prefill and decode graphs disagree on the KV cache's type")
+        return (
+            self._create_session(source.SerializeToString(), built, spin=False),
+            self._create_session(decode_graph.SerializeToString(), built),
+        )
 
     # --- bindings -------------------------------------------------------------------------------
     def _bind_cache(self, binding: ort.IOBinding, first_slot: int, n: int) -> None:

@@ -65,10 +65,12 @@ def _info(name: str, shape: list[int | str] | None, dtype: int = TensorProto.FLO
 
 
 def _attention_session(library: Path, op: str) -> ort.InferenceSession:
+    """A one-node session: DecodeAttention keeps its cache in fp16, GroupQueryAttention in fp32."""
+    cache = TensorProto.FLOAT16 if op == "DecodeAttention" else TensorProto.FLOAT
     inputs = [
         _info("qkv", ["B", "S", (H + 2 * G) * D]),
-        _info("past_k", ["B", G, CAPACITY, D]),
-        _info("past_v", ["B", G, CAPACITY, D]),
+        _info("past_k", ["B", G, CAPACITY, D], cache),
+        _info("past_v", ["B", G, CAPACITY, D], cache),
         _info("seqlens_k", ["B"], TensorProto.INT32),
         _info("total", [], TensorProto.INT32),
         _info("cos", [POSITIONS, D // 2]),
@@ -95,7 +97,7 @@ def _attention_session(library: Path, op: str) -> ort.InferenceSession:
             kv_num_heads=G,
             rotary_interleaved=1,
         )
-    outputs = [_info("out", None), _info("present_k", None), _info("present_v", None)]
+    outputs = [_info("out", None), _info("present_k", None, cache), _info("present_v", None, cache)]
     return _session(library, [node], inputs, outputs)
 
 
@@ -107,7 +109,9 @@ def _rotary() -> tuple[np.ndarray, np.ndarray]:
 def _reference_attention(
     qkv: np.ndarray, keys: np.ndarray, values: np.ndarray, seqlens: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Straight numpy: rotate (adjacent pairs), append at each row's own position, causal softmax."""
+    """Straight numpy: rotate (adjacent pairs), append at each row's own position, causal softmax. The
+    new keys and values are stored at the cache's precision (fp16 or fp32) before any query reads them."""
+    store = keys.dtype
     cos, sin = _rotary()
     keys, values = keys.astype(np.float64), values.astype(np.float64)
     batch, seq, _ = qkv.shape
@@ -124,8 +128,9 @@ def _reference_attention(
         for s in range(seq):
             row = qkv[b, s]
             for g in range(G):
-                keys[b, g, past + s] = rotate(row[(H + g) * D : (H + g + 1) * D], past + s)
-                values[b, g, past + s] = row[(H + G + g) * D : (H + G + g + 1) * D]
+                key = rotate(row[(H + g) * D : (H + g + 1) * D], past + s)
+                keys[b, g, past + s] = key.astype(np.float32).astype(store)
+                values[b, g, past + s] = row[(H + G + g) * D : (H + G + g + 1) * D].astype(store)
         for s in range(seq):
             pos = past + s
             for h in range(H):
@@ -152,9 +157,9 @@ def _run_attention(
         binding.bind_cpu_input(name, value)
     binding.bind_cpu_input("total", np.array(int(seqlens.max()) + 1, dtype=np.int32))
     for past, present, cache in (("past_k", "present_k", keys), ("past_v", "present_v", values)):
-        binding.bind_input(past, "cpu", 0, np.float32, list(cache.shape), cache.ctypes.data)
+        binding.bind_input(past, "cpu", 0, cache.dtype.type, list(cache.shape), cache.ctypes.data)
         if in_place:
-            binding.bind_output(present, "cpu", 0, np.float32, list(cache.shape), cache.ctypes.data)
+            binding.bind_output(present, "cpu", 0, cache.dtype.type, list(cache.shape), cache.ctypes.data)
         else:
             binding.bind_output(present)
     binding.bind_output("out")
@@ -171,16 +176,20 @@ def _run_attention(
         ([11], 5, True),  # several new tokens after a cached prefix
         ([4], 5, False),  # a whole prompt, present not bound to past: past rows are copied
         ([CAPACITY - 1, 3], 1, False),  # the last row of the cache
+        ([40], 21, True),  # a prefill chunk after a prefix: several query tiles and key blocks
+        ([CAPACITY - 1], CAPACITY, False),  # a prompt filling the cache, copied
     ],
 )
 def test_decode_attention_matches_numpy_and_group_query_attention(
     library: Path, seqlens: list[int], seq: int, in_place: bool
 ) -> None:
+    """Against numpy on the same fp16 cache (closely), and against GroupQueryAttention on an fp32 copy of
+    it, which differs only by the new rows' fp16 rounding."""
     rng = np.random.default_rng(len(seqlens) * 10 + seq)
     batch = len(seqlens)
     qkv = rng.standard_normal((batch, seq, (H + 2 * G) * D)).astype(np.float32)
-    keys = rng.standard_normal((batch, G, CAPACITY, D)).astype(np.float32)
-    values = rng.standard_normal((batch, G, CAPACITY, D)).astype(np.float32)
+    keys = rng.standard_normal((batch, G, CAPACITY, D)).astype(np.float16)
+    values = rng.standard_normal((batch, G, CAPACITY, D)).astype(np.float16)
     lengths = np.array(seqlens, dtype=np.int32)
     want_out, want_k, want_v = _reference_attention(qkv, keys, values, lengths)
 
@@ -188,20 +197,26 @@ def test_decode_attention_matches_numpy_and_group_query_attention(
         _attention_session(library, "DecodeAttention"), qkv, keys.copy(), values.copy(), lengths, in_place
     )
     ort_own = _run_attention(
-        _attention_session(library, "GroupQueryAttention"), qkv, keys.copy(), values.copy(), lengths, True
+        _attention_session(library, "GroupQueryAttention"),
+        qkv,
+        keys.astype(np.float32),
+        values.astype(np.float32),
+        lengths,
+        True,
     )
     for b, length in enumerate(seqlens):  # rows past each sequence's end are not part of the contract
         used = length + 1
-        np.testing.assert_allclose(ours[1][b, :, :used], want_k[b, :, :used], atol=1e-5)
-        np.testing.assert_allclose(ours[2][b, :, :used], want_v[b, :, :used], atol=1e-6)
-    np.testing.assert_allclose(ours[0], want_out, atol=2e-5)
-    np.testing.assert_allclose(ours[0], ort_own[0], atol=2e-5)
+        assert ours[1].dtype == ours[2].dtype == np.float16
+        np.testing.assert_allclose(ours[1][b, :, :used], want_k[b, :, :used], rtol=1e-3, atol=1e-3)
+        np.testing.assert_array_equal(ours[2][b, :, :used], want_v[b, :, :used])
+    np.testing.assert_allclose(ours[0], want_out, atol=1e-4)
+    np.testing.assert_allclose(ours[0], ort_own[0], atol=5e-3)
 
 
 def test_decode_attention_rejects_a_row_past_the_cache(library: Path) -> None:
     session = _attention_session(library, "DecodeAttention")
     qkv = np.zeros((1, 1, (H + 2 * G) * D), dtype=np.float32)
-    cache = np.zeros((1, G, CAPACITY, D), dtype=np.float32)
+    cache = np.zeros((1, G, CAPACITY, D), dtype=np.float16)
     with pytest.raises(Exception, match=r"ai\.parley\.DecodeAttention: .*does not fit the cache"):
         _run_attention(session, qkv, cache, cache.copy(), np.array([CAPACITY], dtype=np.int32), True)
 
@@ -336,8 +351,9 @@ def _runners(model_dir: Path) -> dict[str, ModelRunner]:
 
 
 def test_fused_decode_matches_the_stock_graph_at_fp32(fp32_model_dir: Path, native_library: Path) -> None:
-    """Three rows of different lengths, 24 greedy steps: the fused decode graph's logits stay within float
-    rounding of ONNX Runtime's own kernels and the continuations are identical."""
+    """Three rows of different lengths, 24 greedy steps: the fused graphs' logits stay within the fp16 KV
+    cache's rounding of ONNX Runtime's own kernels (fp32 cache; measured 0.014 at most) and the
+    continuations are identical."""
     prompts = [
         [1, 504, 3458, 314, 253, 1345],
         [1, 9690, 28],
@@ -347,9 +363,10 @@ def test_fused_decode_matches_the_stock_graph_at_fp32(fp32_model_dir: Path, nati
     logits_by_mode: dict[str, list[np.ndarray]] = {}
     for mode, runner in _runners(fp32_model_dir).items():
         assert (runner.fusions is not None) == (mode == "on")
-        if mode == "on":  # at fp32 there is no MatMulNBits: the prefill graph gains SwiGLU only
+        if mode == "on":  # at fp32 there is no MatMulNBits: attention and SwiGLU only
             assert runner.prefill_fusions is not None
-            assert (runner.prefill_fusions.attention, runner.prefill_fusions.swiglu) == (0, 30)
+            assert (runner.prefill_fusions.attention, runner.prefill_fusions.swiglu) == (30, 30)
+            assert runner.kv_shape.dtype == np.float16
         for slot, prompt in enumerate(prompts):
             runner.prefill(slot, np.array(prompt[:-1]), 0)
         last = np.array([p[-1] for p in prompts])
@@ -362,7 +379,7 @@ def test_fused_decode_matches_the_stock_graph_at_fp32(fp32_model_dir: Path, nati
             continuations[mode].append(last.tolist())
             cached = cached + 1
     worst = max(float(np.abs(a - b).max()) for a, b in zip(*logits_by_mode.values(), strict=True))
-    assert worst < 1e-3, f"fused decode logits differ from the stock graph's by {worst}"
+    assert worst < 0.05, f"fused decode logits differ from the stock graph's by {worst}"
     assert continuations["on"] == continuations["off"]
 
 
@@ -392,8 +409,8 @@ def test_fused_graphs_stay_within_int8_activation_noise_at_int4(
     steps = min(len(r) for r in rows)
     logits: dict[str, np.ndarray] = {}
     for mode, runner in _runners(default_model_dir).items():
-        if mode == "on":  # prefill on QuantLinear with GroupQueryAttention kept
-            assert runner.prefill_fusions is not None and runner.prefill_fusions.attention == 0
+        if mode == "on":  # prefill on the same kernels as decode
+            assert runner.prefill_fusions is not None and runner.prefill_fusions.attention == 30
             assert runner.prefill_fusions.linear == 121
         for slot, row in enumerate(rows):
             runner.prefill(slot, np.array(row[:PREFIXED]), 0)  # the prefill graph writes these K/V rows

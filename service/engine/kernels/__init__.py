@@ -9,7 +9,7 @@ import ctypes
 from pathlib import Path
 from typing import Literal, get_args
 
-# auto: use the kernels when built (and the graph is fp32); on: require them; off: ONNX Runtime's only
+# auto: the kernels when built for this CPU (and the graph is fp32); on: require them; off: ORT's only
 KernelMode = Literal["auto", "on", "off"]
 KERNEL_MODES: tuple[str, ...] = get_args(KernelMode)
 
@@ -26,6 +26,6 @@ def library() -> Path | None:
 
 
 def fast_quant_linear(built: Path) -> bool:
-    """Whether `built` has QuantLinear's vector kernel (AVX-512 VNNI); without it ONNX Runtime's own
-    MatMulNBits is faster and the decode graph keeps it."""
+    """Whether `built` has its vector kernels (AVX-512 VNNI), which the runner requires: without them
+    ONNX Runtime's own kernels are faster."""
     return bool(ctypes.CDLL(str(built)).ParleyFastQuantLinear())

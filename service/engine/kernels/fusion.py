@@ -2,11 +2,12 @@
 
 A pure function over the ONNX graph: the patterns the converter emits become one op each, and the nodes
 left without consumers are dropped. The model directory is never changed; the runner loads the rewritten
-graphs from memory: the decode graph with every fusion, the prefill graph without DecodeAttention
-(GroupQueryAttention's GEMMs win at many tokens per run; QuantLinear still beats MatMulNBits there).
+graphs from memory (a prefill and a decode session, both with every fusion).
 
     GroupQueryAttention(qkv, -, -, past_k, past_v, seqlens_k, total, cos, sin) [rotary, interleaved]
         -> DecodeAttention(qkv, past_k, past_v, seqlens_k, total, cos, sin)
+       DecodeAttention keeps the KV cache in fp16, so the graph's cache inputs and outputs become fp16: all
+       attention nodes are fused or none is.
     Add(MatMulNBits(x), MatMul(ReduceSum(Reshape(x)), offsets_t))   -> BlockOffsetAdd(y, x, offsets_t)
     Mul(Mul(gate, Sigmoid(gate)), up) with gate, up = Split(gate_up)  -> SwiGLU(gate_up)
     MatMulNBits(x) [4 or 8 bits, block 32, int8 activations], + its BlockOffsetAdd if any
@@ -19,9 +20,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 DOMAIN = "ai.parley"
+FUSED_CACHE_DTYPE = "float16"  # the KV cache's element type once attention is fused
 _MS = "com.microsoft"
 
 
@@ -81,6 +83,33 @@ def _attention(node: onnx.NodeProto) -> onnx.NodeProto | None:
         kv_num_heads=_attr(node, "kv_num_heads"),
         rotary_interleaved=1,
     )
+
+
+def _fuse_attention(graph: onnx.GraphProto) -> int:
+    """Every GroupQueryAttention -> DecodeAttention, with the cache tensors they read and write (graph
+    inputs and outputs) retyped to fp16; or, if any of them does not fit, none. Returns how many."""
+    inputs = {v.name: v for v in graph.input}
+    outputs = {v.name: v for v in graph.output}
+    rewrites: list[tuple[int, onnx.NodeProto]] = []
+    caches: list[onnx.ValueInfoProto] = []
+    for index, node in enumerate(graph.node):
+        if node.op_type != "GroupQueryAttention":
+            continue
+        fused = _attention(node)
+        if fused is None:
+            return 0
+        past = [inputs.get(name) for name in fused.input[1:3]]
+        present = [outputs.get(name) for name in fused.output[1:3]]
+        for value in (*past, *present):
+            if value is None:
+                return 0  # a cache that is not the graph's own input or output: its type is not ours to set
+            caches.append(value)
+        rewrites.append((index, fused))
+    for index, fused in rewrites:
+        graph.node[index].CopyFrom(fused)
+    for value in caches:
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    return len(rewrites)
 
 
 def _block_offset(g: _Graph, node: onnx.NodeProto) -> onnx.NodeProto | None:
@@ -198,13 +227,14 @@ def _drop_dead_nodes(graph: onnx.GraphProto) -> int:
 
 def fuse(model: onnx.ModelProto, *, attention: bool = True, quant_linear: bool = True) -> FusionReport:
     """Rewrite `model` in place; returns what was fused (all zero for a graph with none of the patterns).
-    attention=False keeps GroupQueryAttention (the prefill graph: its GEMMs win at many tokens per run);
-    quant_linear=False keeps MatMulNBits (for a kernel library built without QuantLinear's vector path)."""
+    attention=False keeps GroupQueryAttention and the graph's fp32 cache; quant_linear=False keeps
+    MatMulNBits."""
     graph = model.graph
+    attentions = _fuse_attention(graph) if attention else 0
     g = _Graph(graph)
     counts = Counter[str]()
     for index, node in enumerate(list(graph.node)):
-        fused = (attention and _attention(node)) or _block_offset(g, node) or _swiglu(g, node)
+        fused = _block_offset(g, node) or _swiglu(g, node)
         if fused is not None:
             graph.node[index].CopyFrom(fused)
             counts[fused.op_type] += 1
@@ -212,10 +242,10 @@ def fuse(model: onnx.ModelProto, *, attention: bool = True, quant_linear: bool =
     before = len(graph.node)
     linear = _fuse_linears(graph) if quant_linear else 0
     removed += before - len(graph.node) + _drop_dead_nodes(graph)
-    if (counts or linear) and not any(o.domain == DOMAIN for o in model.opset_import):
+    if (attentions or counts or linear) and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return FusionReport(
-        attention=counts["DecodeAttention"],
+        attention=attentions,
         offsets=counts["BlockOffsetAdd"],
         swiglu=counts["SwiGLU"],
         linear=linear,

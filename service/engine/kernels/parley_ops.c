@@ -1,16 +1,18 @@
 /*
- * Parley's ONNX Runtime custom ops for the CPU decode graph (domain "ai.parley").
+ * Parley's ONNX Runtime custom ops for the CPU graphs (domain "ai.parley").
  *
  * ORT 1.31's CPU kernels spend much of a small-batch decode step on per-op overhead rather than on
  * arithmetic: GroupQueryAttention's decode path re-reads each KV head once per query head, and the exact
  * Q4_1 offset term costs four tiny ops per linear layer. These kernels replace those patterns with one op
  * each (service/engine/kernels/fusion.py rewrites the graph); the numbers behind them are in DESIGN.md §5.
  *
- *   DecodeAttention  GroupQueryAttention with interleaved rotary and K/V written in place
+ *   DecodeAttention  GroupQueryAttention with interleaved rotary, K/V written in place in an fp16 cache;
+ *                    a decode step row by row, a prefill chunk with blocked kernels
+ *   QuantLinear      MatMulNBits (4/8-bit, int8 activations) with the Q4_1 offsets, on AVX-512 VNNI
  *   BlockOffsetAdd   y + blocksum(x) · offsetsᵀ   (the Q4_1 minima, exact in fp32)
  *   SwiGLU           silu(gate) · up over a packed [.., 2F] gate/up tensor
  *
- * fp32 only: the CPU graph's dtype. Built by service/engine/kernels/build.py against ORT's C API.
+ * Activations are fp32 (the CPU graph's dtype). Built by service/engine/kernels/build.py against ORT's C API.
  */
 #include <math.h>
 #include <stdint.h>
@@ -62,10 +64,10 @@ static OrtStatus *input(OrtKernelContext *ctx, size_t index, Tensor *t) {
     return ort->GetTensorData(value, &t->data);
 }
 
-static OrtStatus *output(OrtKernelContext *ctx, size_t index, const int64_t *dims, size_t rank, float **data) {
+static OrtStatus *output(OrtKernelContext *ctx, size_t index, const int64_t *dims, size_t rank, void **data) {
     OrtValue *value = NULL;
     CHECK(ort->KernelContext_GetOutput(ctx, index, dims, rank, &value));
-    return ort->GetTensorMutableData(value, (void **)data);
+    return ort->GetTensorMutableData(value, data);
 }
 
 static OrtStatus *int_attribute(const OrtKernelInfo *info, const char *name, int64_t fallback, int64_t *out) {
@@ -150,6 +152,18 @@ static inline float sum_of(const float *x, int64_t n) {
     return sum;
 }
 
+static inline float max_of(const float *x, int64_t n) {
+    int64_t i = 0;
+    float top = -INFINITY;
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_set1_ps(-INFINITY);
+    for (; i + 16 <= n; i += 16) acc = _mm512_max_ps(acc, _mm512_loadu_ps(x + i));
+    top = _mm512_reduce_max_ps(acc);
+#endif
+    for (; i < n; i++) top = x[i] > top ? x[i] : top;
+    return top;
+}
+
 /* y += a·x */
 static inline void axpy(float *restrict y, float a, const float *restrict x, int64_t n) {
     int64_t i = 0;
@@ -198,25 +212,52 @@ static inline void swiglu_row(float *restrict out, const float *gate, const floa
 }
 
 /* --- DecodeAttention -------------------------------------------------------------------------- */
-/* Inputs: qkv [B, S, (H + 2G)·D], past_key/past_value [B, G, C, D], seqlens_k [B] (tokens after this
+/* Inputs: qkv [B, S, (H + 2G)·D], past_key/past_value [B, G, C, D] fp16, seqlens_k [B] (tokens after this
  * run − 1, per row), total_sequence_length [] (unused: each row's own length governs), cos/sin caches
- * [P, D/2]. Outputs: attention [B, S, H·D], present_key/present_value [B, G, C, D]. When a present
+ * [P, D/2]. Outputs: attention [B, S, H·D], present_key/present_value [B, G, C, D] fp16. When a present
  * output is bound to its past input's memory (the engine always binds them so) only the S new rows are
- * written; otherwise the past rows are copied first. Each of the R = H/G query heads of a KV head reads
- * that head's keys and values in one shared pass. */
+ * written; otherwise the past rows are copied first.
+ * The cache holds keys and values in fp16, as llama.cpp's default cache does: half the bytes a decode step
+ * streams. Scores and sums are fp32, and each new key and value is rounded to fp16 before any query reads
+ * it, so a token sees the same numbers whether its keys came from a prefill chunk or a decode step.
+ * One task per (row, KV head): its R = H/G query heads share one pass over that head's keys and values.
+ * A decode step (S = 1) reads the cache row by row; a prefill chunk (S > 1) runs blocked kernels on fp32
+ * copies of the visible keys (transposed, 16 keys a vector) and values. */
+
+typedef _Float16 half;
 
 typedef struct {
     int64_t heads, kv_heads;
 } AttentionKernel;
 
 typedef struct {
-    const float *qkv, *past_k, *past_v, *cos, *sin;
+    const float *qkv, *cos, *sin;
+    const half *past_k, *past_v;
     const int32_t *seqlens;
-    float *out, *present_k, *present_v;
+    float *out;
+    half *present_k, *present_v;
     int64_t batch, seq, heads, kv_heads, capacity, head_dim, positions;
     float scale;
     int failed;
 } AttentionJob;
+
+static inline void halves_from_floats(half *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    for (; i < n; i++) dst[i] = (half)src[i];
+}
+
+static inline void floats_from_halves(float *dst, const half *src, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = (float)src[i];
+}
 
 static void rotate_interleaved(float *dst, const float *src, const float *cos, const float *sin, int64_t d) {
     for (int64_t i = 0; i < d / 2; i++) {
@@ -226,10 +267,231 @@ static void rotate_interleaved(float *dst, const float *src, const float *cos, c
     }
 }
 
+/* Softmax of p[0, visible) in place; p[visible, padded) becomes 0. */
+static void softmax_prefix(float *p, int64_t visible, int64_t padded) {
+    const float top = max_of(p, visible);
+    const float inv = 1.0f / exp_shifted(p, top, visible);
+    for (int64_t t = 0; t < visible; t++) p[t] *= inv;
+    memset(p + visible, 0, (size_t)(padded - visible) * sizeof(float));
+}
+
+/* The direct path: query by query, key row by key row (a decode step, or any S without AVX-512). */
+static int attention_direct(const AttentionJob *job, int64_t b, int64_t g, const half *keys, const half *values,
+                            int64_t past) {
+    const int64_t D = job->head_dim, S = job->seq, R = job->heads / job->kv_heads, total = past + S;
+    const int64_t width = (job->heads + 2 * job->kv_heads) * D;
+    float *work = scratch((size_t)(R * (D + total) + D));
+    if (work == NULL) return 0;
+    float *queries = work, *scores = work + R * D, *row = scores + R * total;  // [R, D], [R, total], [D]
+    const float *qkv = job->qkv + (size_t)(b * S) * (size_t)width;
+    for (int64_t s = 0; s < S; s++, qkv += width) {
+        const int64_t pos = past + s, visible = pos + 1;  // causal: keys 0..pos
+        for (int64_t r = 0; r < R; r++)
+            rotate_interleaved(queries + r * D, qkv + (g * R + r) * D, job->cos + pos * (D / 2),
+                               job->sin + pos * (D / 2), D);
+        for (int64_t t = 0; t < visible; t++) {
+            floats_from_halves(row, keys + t * D, D);
+            for (int64_t r = 0; r < R; r++) scores[r * total + t] = dot(queries + r * D, row, D) * job->scale;
+        }
+        for (int64_t r = 0; r < R; r++) softmax_prefix(scores + r * total, visible, visible);
+        float *out = job->out + (size_t)(b * S + s) * (size_t)(job->heads * D) + g * R * D;
+        memset(out, 0, (size_t)(R * D) * sizeof(float));
+        for (int64_t t = 0; t < visible; t++) {
+            floats_from_halves(row, values + t * D, D);
+            for (int64_t r = 0; r < R; r++) axpy(out + r * D, scores[r * total + t], row, D);
+        }
+    }
+    return 1;
+}
+
+#if defined(__AVX512F__)
+enum { LANES = 16, AV_QUERIES = 4 };
+
+/* Lane i of the result = the sum of v[i]'s 16 lanes: pairs, then quads, then 128-bit quarters are added
+ * (45 instructions for 16 sums, where 16 separate reductions take ~130). */
+static inline __m512 sums_of_16(const __m512 *v) {
+    __m512 pairs[8], quads[4];
+    for (int i = 0; i < 8; i++)  // per quarter: v[2i] and v[2i+1] halved, interleaved
+        pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {  // per quarter: v[4i..4i+3], one lane each
+        const __m512d a = _mm512_castps_pd(pairs[2 * i]), b = _mm512_castps_pd(pairs[2 * i + 1]);
+        quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    // quarters 0+1 and 2+3 of quads[0], quads[1] (then of quads[2], quads[3]); then across those
+    const __m512 low = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], 0x88), _mm512_shuffle_f32x4(quads[0], quads[1], 0xDD));
+    const __m512 high = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], 0x88), _mm512_shuffle_f32x4(quads[2], quads[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(low, high, 0x88), _mm512_shuffle_f32x4(low, high, 0xDD));
+}
+
+/* The blocked path for S > 1 and head_dim a multiple of 64. Query vectors (position s, head r) are taken
+ * 16 at a time in the order s·R + r, so a tile's last vector sees the most keys:
+ *   scores: 16 accumulators, one per query, each 16 keys wide; a key block costs D vector loads and
+ *           16·D broadcast FMAs (keys were transposed once per task);
+ *   softmax row by row over each query's visible keys;
+ *   values: 4 queries × 64 columns in 16 accumulators, one broadcast weight per query and key. */
+static int attention_blocked(const AttentionJob *job, int64_t b, int64_t g, const half *keys, const half *values,
+                             int64_t past) {
+    const int64_t D = job->head_dim, S = job->seq, R = job->heads / job->kv_heads, total = past + S;
+    const int64_t width = (job->heads + 2 * job->kv_heads) * D;
+    const int64_t padded = (total + LANES - 1) / LANES * LANES;
+    float *work = scratch((size_t)(2 * padded * D + LANES * D + LANES * padded));
+    if (work == NULL) return 0;
+    float *kt = work, *vf = kt + padded * D, *q = vf + padded * D, *p = q + LANES * D;
+    for (int64_t t = 0; t < padded; t++) {  // kt[(block·D + d)·16 + lane] = key[16·block + lane][d]
+        float *dst = kt + (t / LANES) * D * LANES + t % LANES;
+        if (t < total) {
+            for (int64_t d = 0; d < D; d++) dst[d * LANES] = (float)keys[t * D + d];
+        } else {
+            for (int64_t d = 0; d < D; d++) dst[d * LANES] = 0.0f;
+        }
+    }
+    floats_from_halves(vf, values, total * D);
+    const float *qkv = job->qkv + (size_t)(b * S) * (size_t)width;
+    const int64_t vectors = S * R;
+    for (int64_t v0 = 0; v0 < vectors; v0 += LANES) {
+        const int64_t n = vectors - v0 < LANES ? vectors - v0 : LANES;
+        memset(q, 0, (size_t)(LANES * D) * sizeof(float));
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t s = (v0 + j) / R, r = (v0 + j) % R, pos = past + s;
+            float *qj = q + j * D;
+            rotate_interleaved(qj, qkv + s * width + (g * R + r) * D, job->cos + pos * (D / 2), job->sin + pos * (D / 2), D);
+            for (int64_t d = 0; d < D; d++) qj[d] *= job->scale;
+        }
+        const int64_t seen = past + (v0 + n - 1) / R + 1;  // keys the tile's last query sees
+        const int64_t seen_padded = (seen + LANES - 1) / LANES * LANES;
+        for (int64_t block = 0; block < seen_padded / LANES; block++) {
+            __m512 acc[LANES];
+#pragma GCC unroll 16
+            for (int j = 0; j < LANES; j++) acc[j] = _mm512_setzero_ps();
+            const float *k = kt + block * D * LANES;
+            for (int64_t d = 0; d < D; d++) {
+                const __m512 kd = _mm512_loadu_ps(k + d * LANES);
+#pragma GCC unroll 16
+                for (int j = 0; j < LANES; j++) acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(q[j * D + d]), kd, acc[j]);
+            }
+#pragma GCC unroll 16
+            for (int j = 0; j < LANES; j++) _mm512_storeu_ps(p + j * padded + block * LANES, acc[j]);
+        }
+        for (int64_t j = 0; j < n; j++) softmax_prefix(p + j * padded, past + (v0 + j) / R + 1, seen_padded);
+        for (int64_t j = n; j < LANES; j++) memset(p + j * padded, 0, (size_t)seen_padded * sizeof(float));
+        for (int64_t j0 = 0; j0 < n; j0 += AV_QUERIES) {
+            for (int64_t c0 = 0; c0 < D; c0 += 64) {
+                __m512 acc[AV_QUERIES][4];
+#pragma GCC unroll 4
+                for (int j = 0; j < AV_QUERIES; j++)
+#pragma GCC unroll 4
+                    for (int c = 0; c < 4; c++) acc[j][c] = _mm512_setzero_ps();
+                for (int64_t t = 0; t < seen; t++) {
+                    const float *vt = vf + t * D + c0;
+                    const __m512 v[4] = {_mm512_loadu_ps(vt), _mm512_loadu_ps(vt + 16), _mm512_loadu_ps(vt + 32),
+                                         _mm512_loadu_ps(vt + 48)};
+#pragma GCC unroll 4
+                    for (int j = 0; j < AV_QUERIES; j++) {
+                        const __m512 weight = _mm512_set1_ps(p[(j0 + j) * padded + t]);
+#pragma GCC unroll 4
+                        for (int c = 0; c < 4; c++) acc[j][c] = _mm512_fmadd_ps(weight, v[c], acc[j][c]);
+                    }
+                }
+                for (int64_t j = 0; j < AV_QUERIES && j0 + j < n; j++) {
+                    const int64_t s = (v0 + j0 + j) / R, r = (v0 + j0 + j) % R;
+                    float *out = job->out + (size_t)(b * S + s) * (size_t)(job->heads * D) + (g * R + r) * D + c0;
+#pragma GCC unroll 4
+                    for (int c = 0; c < 4; c++) _mm512_storeu_ps(out + 16 * c, acc[j][c]);
+                }
+            }
+        }
+    }
+    return 1;
+}
+/* The decode path for head_dim a multiple of 64: per query, the R query heads (4 at a time) stay in
+ * registers; each key row is converted once and dotted with all of them, and each value row is converted
+ * once and added into all their outputs, which stay in registers too. */
+static inline __attribute__((always_inline)) int attention_rows_of(const AttentionJob *job, int64_t b, int64_t g,
+                                                                  const half *keys, const half *values,
+                                                                  int64_t past, const int64_t D) {
+    const int64_t S = job->seq, R = job->heads / job->kv_heads, total = past + S;
+    const int64_t width = (job->heads + 2 * job->kv_heads) * D;
+    float *work = scratch((size_t)(R * (D + total)));
+    if (work == NULL) return 0;
+    float *queries = work, *scores = work + R * D;  // [R, D] (scaled), [R, total]
+    __m512 partial[AV_QUERIES][LANES];
+    const float *qkv = job->qkv + (size_t)(b * S) * (size_t)width;
+    for (int64_t s = 0; s < S; s++, qkv += width) {
+        const int64_t pos = past + s, visible = pos + 1;
+        for (int64_t r = 0; r < R; r++) {
+            float *qr = queries + r * D;
+            rotate_interleaved(qr, qkv + (g * R + r) * D, job->cos + pos * (D / 2), job->sin + pos * (D / 2), D);
+            for (int64_t d = 0; d < D; d++) qr[d] *= job->scale;
+        }
+        for (int64_t r0 = 0; r0 < R; r0 += AV_QUERIES) {
+            const int n = (int)(R - r0 < AV_QUERIES ? R - r0 : AV_QUERIES);
+            for (int64_t t0 = 0; t0 < visible; t0 += LANES) {
+                const int keys_here = (int)(visible - t0 < LANES ? visible - t0 : LANES);
+                for (int l = 0; l < LANES; l++) {  // each key's 16 partial sums, per query
+                    __m512 acc[AV_QUERIES];
+#pragma GCC unroll 4
+                    for (int r = 0; r < AV_QUERIES; r++) acc[r] = _mm512_setzero_ps();
+                    if (l < keys_here) {
+                        const half *key = keys + (t0 + l) * D;
+                        for (int64_t c = 0; c < D; c += 16) {
+                            const __m512 k = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(key + c)));
+#pragma GCC unroll 4
+                            for (int r = 0; r < AV_QUERIES; r++)
+                                if (r < n)
+                                    acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(queries + (r0 + r) * D + c), k, acc[r]);
+                        }
+                    }
+#pragma GCC unroll 4
+                    for (int r = 0; r < AV_QUERIES; r++) partial[r][l] = acc[r];
+                }
+                for (int r = 0; r < n; r++)
+                    _mm512_mask_storeu_ps(scores + (r0 + r) * total + t0, (__mmask16)((1u << keys_here) - 1u),
+                                          sums_of_16(partial[r]));
+            }
+        }
+        for (int64_t r = 0; r < R; r++) softmax_prefix(scores + r * total, visible, visible);
+        float *out = job->out + (size_t)(b * S + s) * (size_t)(job->heads * D) + g * R * D;
+        for (int64_t r0 = 0; r0 < R; r0 += AV_QUERIES) {
+            const int n = (int)(R - r0 < AV_QUERIES ? R - r0 : AV_QUERIES);
+            for (int64_t c0 = 0; c0 < D; c0 += 64) {
+                __m512 acc[AV_QUERIES][4];
+#pragma GCC unroll 4
+                for (int r = 0; r < AV_QUERIES; r++)
+#pragma GCC unroll 4
+                    for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+                for (int64_t t = 0; t < visible; t++) {
+                    const half *vt = values + t * D + c0;
+                    __m512 v[4];
+#pragma GCC unroll 4
+                    for (int c = 0; c < 4; c++) v[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vt + 16 * c)));
+#pragma GCC unroll 4
+                    for (int r = 0; r < AV_QUERIES; r++) {
+                        if (r >= n) continue;
+                        const __m512 weight = _mm512_set1_ps(scores[(r0 + r) * total + t]);
+#pragma GCC unroll 4
+                        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_fmadd_ps(weight, v[c], acc[r][c]);
+                    }
+                }
+                for (int r = 0; r < n; r++)
+#pragma GCC unroll 4
+                    for (int c = 0; c < 4; c++) _mm512_storeu_ps(out + (r0 + r) * D + c0 + 16 * c, acc[r][c]);
+            }
+        }
+    }
+    return 1;
+}
+/* head_dim 64 (the default model's) as a constant: the key loop unrolls and the queries stay in registers */
+static int attention_rows(const AttentionJob *job, int64_t b, int64_t g, const half *keys, const half *values,
+                          int64_t past) {
+    return job->head_dim == 64 ? attention_rows_of(job, b, g, keys, values, past, 64)
+                               : attention_rows_of(job, b, g, keys, values, past, job->head_dim);
+}
+#endif
+
 static void attention_task(void *user, size_t task) {
     AttentionJob *job = user;
     const int64_t b = (int64_t)task / job->kv_heads, g = (int64_t)task % job->kv_heads;
-    const int64_t D = job->head_dim, S = job->seq, C = job->capacity, R = job->heads / job->kv_heads;
+    const int64_t D = job->head_dim, S = job->seq, C = job->capacity;
     const int64_t width = (job->heads + 2 * job->kv_heads) * D;
     const int64_t total = (int64_t)job->seqlens[b] + 1, past = total - S;
     if (past < 0 || total > C || total > job->positions) {
@@ -237,46 +499,30 @@ static void attention_task(void *user, size_t task) {
         return;
     }
     const size_t plane = (size_t)(b * job->kv_heads + g) * (size_t)(C * D);
-    float *keys = job->present_k + plane, *values = job->present_v + plane;
-    if (job->present_k != job->past_k) memcpy(keys, job->past_k + plane, (size_t)(past * D) * sizeof(float));
-    if (job->present_v != job->past_v) memcpy(values, job->past_v + plane, (size_t)(past * D) * sizeof(float));
+    half *keys = job->present_k + plane, *values = job->present_v + plane;
+    if (job->present_k != job->past_k) memcpy(keys, job->past_k + plane, (size_t)(past * D) * sizeof(half));
+    if (job->present_v != job->past_v) memcpy(values, job->past_v + plane, (size_t)(past * D) * sizeof(half));
 
-    const float *row0 = job->qkv + (size_t)(b * S) * (size_t)width;
-    for (int64_t s = 0; s < S; s++) {  // append the new keys (rotated) and values
-        const float *row = row0 + s * width;
-        const int64_t pos = past + s;
-        rotate_interleaved(keys + pos * D, row + (job->heads + g) * D, job->cos + pos * (D / 2),
-                           job->sin + pos * (D / 2), D);
-        memcpy(values + pos * D, row + (job->heads + job->kv_heads + g) * D, (size_t)D * sizeof(float));
-    }
-
-    float *work = scratch((size_t)(R * (D + total)));
-    if (work == NULL) {
+    float *rotated = scratch((size_t)D);
+    if (rotated == NULL) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    float *queries = work, *scores = work + R * D;  // [R, D] then [R, total]
-    for (int64_t s = 0; s < S; s++) {
-        const float *row = row0 + s * width;
-        const int64_t pos = past + s, visible = pos + 1;  // causal: keys 0..pos
-        for (int64_t r = 0; r < R; r++)
-            rotate_interleaved(queries + r * D, row + (g * R + r) * D, job->cos + pos * (D / 2),
-                               job->sin + pos * (D / 2), D);
-        for (int64_t t = 0; t < visible; t++) {
-            const float *key = keys + t * D;
-            for (int64_t r = 0; r < R; r++) scores[r * total + t] = dot(queries + r * D, key, D) * job->scale;
-        }
-        for (int64_t r = 0; r < R; r++) {
-            float *p = scores + r * total, top = p[0];
-            for (int64_t t = 1; t < visible; t++) top = p[t] > top ? p[t] : top;
-            const float inv = 1.0f / exp_shifted(p, top, visible);
-            for (int64_t t = 0; t < visible; t++) p[t] *= inv;
-        }
-        float *out = job->out + (size_t)(b * S + s) * (size_t)(job->heads * D) + g * R * D;
-        memset(out, 0, (size_t)(R * D) * sizeof(float));
-        for (int64_t t = 0; t < visible; t++)
-            for (int64_t r = 0; r < R; r++) axpy(out + r * D, scores[r * total + t], values + t * D, D);
+    const float *qkv = job->qkv + (size_t)(b * S) * (size_t)width;
+    for (int64_t s = 0; s < S; s++, qkv += width) {  // append the new keys (rotated) and values, in fp16
+        const int64_t pos = past + s;
+        rotate_interleaved(rotated, qkv + (job->heads + g) * D, job->cos + pos * (D / 2), job->sin + pos * (D / 2), D);
+        halves_from_floats(keys + pos * D, rotated, D);
+        halves_from_floats(values + pos * D, qkv + (job->heads + job->kv_heads + g) * D, D);
     }
+    int done;
+#if defined(__AVX512F__)
+    if (D % 64 == 0)
+        done = S > 1 ? attention_blocked(job, b, g, keys, values, past) : attention_rows(job, b, g, keys, values, past);
+    else
+#endif
+        done = attention_direct(job, b, g, keys, values, past);
+    if (!done) __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
 }
 
 static OrtStatus *attention_compute(void *state, OrtKernelContext *ctx) {
@@ -307,9 +553,9 @@ static OrtStatus *attention_compute(void *state, OrtKernelContext *ctx) {
         .scale = 1.0f / sqrtf((float)D), .failed = 0,
     };
     const int64_t out_dims[3] = {B, S, kernel->heads * D};
-    CHECK(output(ctx, 0, out_dims, 3, &job.out));
-    CHECK(output(ctx, 1, pk.dims, 4, &job.present_k));
-    CHECK(output(ctx, 2, pv.dims, 4, &job.present_v));
+    CHECK(output(ctx, 0, out_dims, 3, (void **)&job.out));
+    CHECK(output(ctx, 1, pk.dims, 4, (void **)&job.present_k));
+    CHECK(output(ctx, 2, pv.dims, 4, (void **)&job.present_v));
     CHECK(ort->KernelContext_ParallelFor(ctx, attention_task, (size_t)(B * kernel->kv_heads), 0, &job));
     if (job.failed) return fail(op, "a row's seqlens_k does not fit the cache or the rotary caches (or out of memory)");
     return NULL;
@@ -358,7 +604,7 @@ static OrtStatus *offset_compute(void *state, OrtKernelContext *ctx) {
     if (K <= 0 || (int64_t)(x.count / (size_t)K) != rows) return fail(op, "y and x must have the same leading dims");
 
     OffsetJob job = {.y = y.data, .table = offsets.data, .rows = rows, .n = N, .blocks = blocks};
-    CHECK(output(ctx, 0, y.dims, y.rank, &job.out));
+    CHECK(output(ctx, 0, y.dims, y.rank, (void **)&job.out));
     float *sums = scratch((size_t)(rows * blocks));
     if (sums == NULL) return ort->CreateStatus(ORT_FAIL, "ai.parley.BlockOffsetAdd: out of memory");
     const float *xs = x.data;
@@ -385,7 +631,7 @@ static OrtStatus *swiglu_compute(void *state, OrtKernelContext *ctx) {
     const int64_t F = dims[gate_up.rank - 1] / 2, rows = (int64_t)(gate_up.count / (size_t)(2 * F));
     dims[gate_up.rank - 1] = F;
     float *out;
-    CHECK(output(ctx, 0, dims, gate_up.rank, &out));
+    CHECK(output(ctx, 0, dims, gate_up.rank, (void **)&out));
     const float *in = gate_up.data;
     for (int64_t m = 0; m < rows; m++) {
         const float *gate = in + m * 2 * F;
@@ -660,7 +906,7 @@ static OrtStatus *linear_compute(void *state, OrtKernelContext *ctx) {
     memcpy(dims, x.dims, sizeof dims);
     dims[x.rank - 1] = w->n;
     LinearJob job = {.w = w, .rows = rows};
-    CHECK(output(ctx, 0, dims, x.rank, &job.y));
+    CHECK(output(ctx, 0, dims, x.rank, (void **)&job.y));
     if (rows == 0) return NULL;
     // one scratch area for whole tiles: int8 codes, then scales, sums and centrings (4-byte aligned)
     const size_t entries = entry((rows + ROW_CHUNK - 1) / ROW_CHUNK, w->blocks);
@@ -809,6 +1055,7 @@ typedef struct {
     const char *name;
     size_t inputs, outputs;
     const ONNXTensorElementDataType *input_types;
+    const ONNXTensorElementDataType *output_types;  // NULL: all float
     OrtStatusPtr (*compute)(void *, OrtKernelContext *);
     OrtStatusPtr (*create)(const OrtKernelInfo *, void **);
     void (*destroy)(void *);     // NULL: free()
@@ -856,8 +1103,8 @@ static ONNXTensorElementDataType op_input_type(const OrtCustomOp *op, size_t i) 
     return ((const ParleyOp *)op)->input_types[i];
 }
 static ONNXTensorElementDataType op_output_type(const OrtCustomOp *op, size_t i) {
-    (void)op; (void)i;
-    return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    const ONNXTensorElementDataType *types = ((const ParleyOp *)op)->output_types;
+    return types != NULL ? types[i] : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 static OrtCustomOpInputOutputCharacteristic op_input_kind(const OrtCustomOp *op, size_t i) {
     const size_t required = ((const ParleyOp *)op)->required_inputs;
@@ -903,9 +1150,12 @@ static void kernel_destroy(void *kernel) {
 }
 
 static const ONNXTensorElementDataType ATTENTION_INPUTS[] = {
-    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
     ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
     ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+};
+static const ONNXTensorElementDataType ATTENTION_OUTPUTS[] = {
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
 };
 static const ONNXTensorElementDataType FLOAT_INPUTS[] = {
     ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
@@ -918,7 +1168,7 @@ static const ONNXTensorElementDataType LINEAR_INPUTS[] = {
 
 static ParleyOp OPS[] = {
     {.name = "DecodeAttention", .inputs = 7, .outputs = 3, .input_types = ATTENTION_INPUTS,
-     .compute = attention_compute, .create = create_attention},
+     .output_types = ATTENTION_OUTPUTS, .compute = attention_compute, .create = create_attention},
     {.name = "BlockOffsetAdd", .inputs = 3, .outputs = 1, .input_types = FLOAT_INPUTS,
      .compute = offset_compute, .create = create_offset},
     {.name = "SwiGLU", .inputs = 1, .outputs = 1, .input_types = FLOAT_INPUTS,
