@@ -4,7 +4,7 @@
  * ORT 1.31's CPU kernels spend much of a small-batch decode step on per-op overhead rather than on
  * arithmetic: GroupQueryAttention's decode path re-reads each KV head once per query head, and the exact
  * Q4_1 offset term costs four tiny ops per linear layer. These kernels replace those patterns with one op
- * each (service/engine/kernels/fusion.py rewrites the graph); the numbers behind them are in DESIGN.md §5.
+ * each (service/engine/kernels/fusion.py rewrites the graph); their figures are in the README (Performance).
  *
  *   DecodeAttention  GroupQueryAttention with interleaved rotary, K/V written in place in an fp16 cache;
  *                    a decode step row by row, a prefill chunk with blocked kernels
