@@ -80,8 +80,7 @@ class ModelRunner:
                 "the CUDA runner is service/engine/cuda_runner.py; ModelRunner is the CPU runner"
             )
         self.threads = options.threads or available_cores()
-        self.prefill_fusions: FusionReport | None = None
-        self.fusions: FusionReport | None = None  # of the decode graph
+        self.fusions: FusionReport | None = None  # with Parley's kernels: what the graph rewrite fused
         self.session, self.decode_session = self._create_sessions()
         fused_attention = self.fusions is not None and self.fusions.attention > 0
         kv_dtype = FUSED_CACHE_DTYPE if fused_attention else self.card.graph.kv_dtype
@@ -156,26 +155,19 @@ class ModelRunner:
         return None
 
     def _create_sessions(self) -> tuple[ort.InferenceSession, ort.InferenceSession]:
-        """(prefill, decode) sessions. With Parley's kernels both graphs get every fusion
-        (service/engine/kernels/fusion.py), and the KV cache is fp16; the prefill session does not spin its
-        idle threads. Without the kernels one stock session serves both."""
+        """(prefill, decode) sessions. With Parley's kernels both run one rewritten graph with every fusion
+        (service/engine/kernels/fusion.py; the KV cache becomes fp16), and the prefill session does not
+        spin its idle threads. Without the kernels one stock session serves both."""
         path = self.model_dir / self.card.graph.file
         built = self._kernel_library()
         if built is None:
             stock = self._create_session(str(path))
             return stock, stock
-        source = onnx.load(str(path), load_external_data=False)
-        decode_graph = onnx.ModelProto()
-        decode_graph.CopyFrom(source)
-        self.fusions = fuse(decode_graph)
-        log.info("decode graph: %s", self.fusions)
-        self.prefill_fusions = fuse(source)
-        if self.prefill_fusions.attention != self.fusions.attention:
-            raise ModelError(f"{path}: the prefill and decode graphs disagree on the KV cache's type")
-        return (
-            self._create_session(source.SerializeToString(), built, spin=False),
-            self._create_session(decode_graph.SerializeToString(), built),
-        )
+        graph = onnx.load(str(path), load_external_data=False)
+        self.fusions = fuse(graph)
+        log.info("graph rewritten for Parley's kernels: %s", self.fusions)
+        rewritten = graph.SerializeToString()
+        return self._create_session(rewritten, built, spin=False), self._create_session(rewritten, built)
 
     # --- bindings -------------------------------------------------------------------------------
     def _bind_cache(self, binding: ort.IOBinding, first_slot: int, n: int) -> None:

@@ -364,8 +364,8 @@ def test_fused_decode_matches_the_stock_graph_at_fp32(fp32_model_dir: Path, nati
     for mode, runner in _runners(fp32_model_dir).items():
         assert (runner.fusions is not None) == (mode == "on")
         if mode == "on":  # at fp32 there is no MatMulNBits: attention and SwiGLU only
-            assert runner.prefill_fusions is not None
-            assert (runner.prefill_fusions.attention, runner.prefill_fusions.swiglu) == (30, 30)
+            assert runner.fusions is not None
+            assert (runner.fusions.attention, runner.fusions.swiglu, runner.fusions.linear) == (30, 30, 0)
             assert runner.kv_shape.dtype == np.float16
         for slot, prompt in enumerate(prompts):
             runner.prefill(slot, np.array(prompt[:-1]), 0)
@@ -409,9 +409,9 @@ def test_fused_graphs_stay_within_int8_activation_noise_at_int4(
     steps = min(len(r) for r in rows)
     logits: dict[str, np.ndarray] = {}
     for mode, runner in _runners(default_model_dir).items():
-        if mode == "on":  # prefill on the same kernels as decode
-            assert runner.prefill_fusions is not None and runner.prefill_fusions.attention == 30
-            assert runner.prefill_fusions.linear == 121
+        if mode == "on":  # prefill and decode on the same rewritten graph
+            assert runner.fusions is not None
+            assert (runner.fusions.attention, runner.fusions.linear) == (30, 121)
         for slot, row in enumerate(rows):
             runner.prefill(slot, np.array(row[:PREFIXED]), 0)  # the prefill graph writes these K/V rows
         logits[mode] = np.array(
