@@ -275,7 +275,8 @@ static void softmax_prefix(float *p, int64_t visible, int64_t padded) {
     memset(p + visible, 0, (size_t)(padded - visible) * sizeof(float));
 }
 
-/* The direct path: query by query, key row by key row (a decode step, or any S without AVX-512). */
+/* The portable path, query by query and key row by key row: CPUs without AVX-512, or a head_dim that is not
+ * a multiple of 64. */
 static int attention_direct(const AttentionJob *job, int64_t b, int64_t g, const half *keys, const half *values,
                             int64_t past) {
     const int64_t D = job->head_dim, S = job->seq, R = job->heads / job->kv_heads, total = past + S;
