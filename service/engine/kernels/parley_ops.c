@@ -324,6 +324,35 @@ static inline __m512 sums_of_16(const __m512 *v) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(low, high, 0x88), _mm512_shuffle_f32x4(low, high, 0xDD));
 }
 
+/* rows[j][0, D) = Σ_t weights[j·stride + t] · values[t] over t < count, for the n ≤ 4 queries j: 4 queries
+ * × 64 columns of accumulators stay in registers, and each fp16 value row is converted once for all. */
+static inline void weighted_values(float *const *rows, const float *weights, int64_t stride, int n,
+                                   const half *values, int64_t count, int64_t D) {
+    for (int64_t c0 = 0; c0 < D; c0 += 64) {
+        __m512 acc[AV_QUERIES][4];
+#pragma GCC unroll 4
+        for (int j = 0; j < AV_QUERIES; j++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) acc[j][c] = _mm512_setzero_ps();
+        for (int64_t t = 0; t < count; t++) {
+            __m512 v[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++)
+                v[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(values + t * D + c0 + 16 * c)));
+#pragma GCC unroll 4
+            for (int j = 0; j < AV_QUERIES; j++) {
+                if (j >= n) break;
+                const __m512 weight = _mm512_set1_ps(weights[j * stride + t]);
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) acc[j][c] = _mm512_fmadd_ps(weight, v[c], acc[j][c]);
+            }
+        }
+        for (int j = 0; j < n; j++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) _mm512_storeu_ps(rows[j] + c0 + 16 * c, acc[j][c]);
+    }
+}
+
 /* The blocked path for S > 1 and head_dim a multiple of 64. Query vectors (position s, head r) are taken
  * 16 at a time in the order s·R + r, so a tile's last vector sees the most keys:
  *   scores: 16 accumulators, one per query, each 16 keys wide; a key block costs D vector loads and
@@ -335,9 +364,9 @@ static int attention_blocked(const AttentionJob *job, int64_t b, int64_t g, cons
     const int64_t D = job->head_dim, S = job->seq, R = job->heads / job->kv_heads, total = past + S;
     const int64_t width = (job->heads + 2 * job->kv_heads) * D;
     const int64_t padded = (total + LANES - 1) / LANES * LANES;
-    float *work = scratch((size_t)(2 * padded * D + LANES * D + LANES * padded));
+    float *work = scratch((size_t)(padded * D + LANES * D + LANES * padded));
     if (work == NULL) return 0;
-    float *kt = work, *vf = kt + padded * D, *q = vf + padded * D, *p = q + LANES * D;
+    float *kt = work, *q = kt + padded * D, *p = q + LANES * D;
     for (int64_t t = 0; t < padded; t++) {  // kt[(block·D + d)·16 + lane] = key[16·block + lane][d]
         float *dst = kt + (t / LANES) * D * LANES + t % LANES;
         if (t < total) {
@@ -346,7 +375,6 @@ static int attention_blocked(const AttentionJob *job, int64_t b, int64_t g, cons
             for (int64_t d = 0; d < D; d++) dst[d * LANES] = 0.0f;
         }
     }
-    floats_from_halves(vf, values, total * D);
     const float *qkv = job->qkv + (size_t)(b * S) * (size_t)width;
     const int64_t vectors = S * R;
     for (int64_t v0 = 0; v0 < vectors; v0 += LANES) {
@@ -374,32 +402,14 @@ static int attention_blocked(const AttentionJob *job, int64_t b, int64_t g, cons
             for (int j = 0; j < LANES; j++) _mm512_storeu_ps(p + j * padded + block * LANES, acc[j]);
         }
         for (int64_t j = 0; j < n; j++) softmax_prefix(p + j * padded, past + (v0 + j) / R + 1, seen_padded);
-        for (int64_t j = n; j < LANES; j++) memset(p + j * padded, 0, (size_t)seen_padded * sizeof(float));
         for (int64_t j0 = 0; j0 < n; j0 += AV_QUERIES) {
-            for (int64_t c0 = 0; c0 < D; c0 += 64) {
-                __m512 acc[AV_QUERIES][4];
-#pragma GCC unroll 4
-                for (int j = 0; j < AV_QUERIES; j++)
-#pragma GCC unroll 4
-                    for (int c = 0; c < 4; c++) acc[j][c] = _mm512_setzero_ps();
-                for (int64_t t = 0; t < seen; t++) {
-                    const float *vt = vf + t * D + c0;
-                    const __m512 v[4] = {_mm512_loadu_ps(vt), _mm512_loadu_ps(vt + 16), _mm512_loadu_ps(vt + 32),
-                                         _mm512_loadu_ps(vt + 48)};
-#pragma GCC unroll 4
-                    for (int j = 0; j < AV_QUERIES; j++) {
-                        const __m512 weight = _mm512_set1_ps(p[(j0 + j) * padded + t]);
-#pragma GCC unroll 4
-                        for (int c = 0; c < 4; c++) acc[j][c] = _mm512_fmadd_ps(weight, v[c], acc[j][c]);
-                    }
-                }
-                for (int64_t j = 0; j < AV_QUERIES && j0 + j < n; j++) {
-                    const int64_t s = (v0 + j0 + j) / R, r = (v0 + j0 + j) % R;
-                    float *out = job->out + (size_t)(b * S + s) * (size_t)(job->heads * D) + (g * R + r) * D + c0;
-#pragma GCC unroll 4
-                    for (int c = 0; c < 4; c++) _mm512_storeu_ps(out + 16 * c, acc[j][c]);
-                }
+            const int count = (int)(n - j0 < AV_QUERIES ? n - j0 : AV_QUERIES);
+            float *rows[AV_QUERIES];
+            for (int j = 0; j < count; j++) {
+                const int64_t s = (v0 + j0 + j) / R, r = (v0 + j0 + j) % R;
+                rows[j] = job->out + (size_t)(b * S + s) * (size_t)(job->heads * D) + (g * R + r) * D;
             }
+            weighted_values(rows, p + j0 * padded, padded, count, values, seen, D);
         }
     }
     return 1;
@@ -454,29 +464,9 @@ static inline __attribute__((always_inline)) int attention_rows_of(const Attenti
         float *out = job->out + (size_t)(b * S + s) * (size_t)(job->heads * D) + g * R * D;
         for (int64_t r0 = 0; r0 < R; r0 += AV_QUERIES) {
             const int n = (int)(R - r0 < AV_QUERIES ? R - r0 : AV_QUERIES);
-            for (int64_t c0 = 0; c0 < D; c0 += 64) {
-                __m512 acc[AV_QUERIES][4];
-#pragma GCC unroll 4
-                for (int r = 0; r < AV_QUERIES; r++)
-#pragma GCC unroll 4
-                    for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
-                for (int64_t t = 0; t < visible; t++) {
-                    const half *vt = values + t * D + c0;
-                    __m512 v[4];
-#pragma GCC unroll 4
-                    for (int c = 0; c < 4; c++) v[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vt + 16 * c)));
-#pragma GCC unroll 4
-                    for (int r = 0; r < AV_QUERIES; r++) {
-                        if (r >= n) continue;
-                        const __m512 weight = _mm512_set1_ps(scores[(r0 + r) * total + t]);
-#pragma GCC unroll 4
-                        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_fmadd_ps(weight, v[c], acc[r][c]);
-                    }
-                }
-                for (int r = 0; r < n; r++)
-#pragma GCC unroll 4
-                    for (int c = 0; c < 4; c++) _mm512_storeu_ps(out + (r0 + r) * D + c0 + 16 * c, acc[r][c]);
-            }
+            float *rows[AV_QUERIES];
+            for (int r = 0; r < n; r++) rows[r] = out + (r0 + r) * D;
+            weighted_values(rows, scores + r0 * total, total, n, values, visible, D);
         }
     }
     return 1;
