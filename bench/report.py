@@ -56,6 +56,8 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     agg8 = _get(results, "concurrency", "8", GRPC, "aggregate_tok_s")
     ttft_grpc = _get(results, "ttft", "512", GRPC, "ttft_ms")
     ttft_llama = _get(results, "ttft", "512", LLAMA, "ttft_ms")
+    sampler_mixed = _get(results, "sampler", "mixed")
+    step8 = _get(results, "profile", "8", "run() wall")
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
@@ -84,6 +86,12 @@ def goals(results: dict[str, Any]) -> list[Goal]:
             paired_ratio(results, GRPC, ENGINE) or ratio(single_grpc, single_engine),
             ">= 0.9x",
             _at_least(0.9),
+        ),
+        (
+            "sampler per step at batch 8 (mixed parameters) vs the batch-8 decode step",
+            ratio(sampler_mixed, step8),
+            "<= 0.05x",
+            _at_most(0.05),
         ),
     ]
     return [
@@ -177,6 +185,10 @@ def table(results: dict[str, Any]) -> str:
         for batch, rows in profile.items():
             parts = ", ".join(f"{op} {ms:.2f} ms" for op, ms in rows.items())
             lines.append(f"- batch {batch}: {parts}")
+    sampler = results.get("sampler")
+    if sampler:
+        parts = ", ".join(f"{mix} {ms:.2f} ms" for mix, ms in sampler.items())
+        lines.append(f"- sampler at batch 8, per step with its bookkeeping (synthetic logits): {parts}")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from bench import sampler_bench
 from bench.profile_step import graph_speed, profile_decode
 from bench.report import GRPC, LLAMA, table, write
 from bench.scenarios import Plan, Prompts, concurrency, conversation, single_stream, time_to_first_token
@@ -178,6 +179,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["profile"] = {
                 str(batch): profile_decode(args.model_dir, batch, 256, args.threads) for batch in (1, 8)
             }
+            progress("timing the sampler at batch 8")
+            results["sampler"] = sampler_bench.per_step_ms(batch=8)
             bar.update(2)
     finally:
         for subject in subjects or [grpc_subject]:
