@@ -105,24 +105,39 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(x);
 }
 
-/* e^x for 8 lanes: x = n·ln2 + r, e^r by a degree-6 polynomial, 2^n through the exponent bits.
- * Relative error about 2e-7 over the clamped range (the classic single-precision expansion). */
+/* e^x: x = n·ln2 + r, e^r by a degree-6 polynomial, 2^n through the exponent bits. Relative error about
+ * 2e-7 over the clamped range (the classic single-precision expansion); 8 lanes, or 16 with AVX-512. */
+static const float EXP_MIN = -87.3f, EXP_MAX = 88.3f, EXP_LOG2E = 1.44269504f;
+static const float EXP_LN2_HIGH = 0.693359375f, EXP_LN2_LOW = -2.12194440e-4f;
+static const float EXP_POLY[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                  4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_MIN)), _mm256_set1_ps(EXP_MAX));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HIGH), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LOW), r);
+    __m256 p = _mm256_set1_ps(EXP_POLY[0]);
+    for (int i = 1; i < 6; i++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_POLY[i]));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
 }
+
+#if defined(__AVX512F__)
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_MIN)), _mm512_set1_ps(EXP_MAX));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HIGH), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LOW), r);
+    __m512 p = _mm512_set1_ps(EXP_POLY[0]);
+    for (int i = 1; i < 6; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_POLY[i]));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);  // p · 2^n
+}
+#endif
 #endif
 
 static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
@@ -179,6 +194,16 @@ static inline void axpy(float *restrict y, float a, const float *restrict x, int
 static inline float exp_shifted(float *x, float shift, int64_t n) {
     int64_t i = 0;
     float sum = 0.0f;
+#if defined(__AVX512F__)
+    const __m512 shift16 = _mm512_set1_ps(shift);
+    __m512 acc16 = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), shift16));
+        _mm512_storeu_ps(x + i, e);
+        acc16 = _mm512_add_ps(acc16, e);
+    }
+    sum = _mm512_reduce_add_ps(acc16);
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
     const __m256 vs = _mm256_set1_ps(shift);
     __m256 acc = _mm256_setzero_ps();
@@ -187,7 +212,7 @@ static inline float exp_shifted(float *x, float shift, int64_t n) {
         _mm256_storeu_ps(x + i, e);
         acc = _mm256_add_ps(acc, e);
     }
-    sum = hsum(acc);
+    sum += hsum(acc);
 #endif
     for (; i < n; i++) {
         x[i] = expf(x[i] - shift);
@@ -199,6 +224,13 @@ static inline float exp_shifted(float *x, float shift, int64_t n) {
 /* out = gate·sigmoid(gate)·up */
 static inline void swiglu_row(float *restrict out, const float *gate, const float *up, int64_t n) {
     int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) {
+        const __m512 g = _mm512_loadu_ps(gate + i);
+        const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(silu, _mm512_loadu_ps(up + i)));
+    }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
     const __m256 one = _mm256_set1_ps(1.0f);
     for (; i + 8 <= n; i += 8) {
@@ -359,9 +391,10 @@ static inline void weighted_values(float *const *rows, const float *weights, int
  *           16·D broadcast FMAs (keys were transposed once per task);
  *   softmax row by row over each query's visible keys;
  *   values: 4 queries × 64 columns in 16 accumulators, one broadcast weight per query and key. */
-static int attention_blocked(const AttentionJob *job, int64_t b, int64_t g, const half *keys, const half *values,
-                             int64_t past) {
-    const int64_t D = job->head_dim, S = job->seq, R = job->heads / job->kv_heads, total = past + S;
+static inline __attribute__((always_inline)) int attention_blocked_of(const AttentionJob *job, int64_t b, int64_t g,
+                                                                     const half *keys, const half *values,
+                                                                     int64_t past, const int64_t D) {
+    const int64_t S = job->seq, R = job->heads / job->kv_heads, total = past + S;
     const int64_t width = (job->heads + 2 * job->kv_heads) * D;
     const int64_t padded = (total + LANES - 1) / LANES * LANES;
     float *work = scratch((size_t)(padded * D + LANES * D + LANES * padded));
@@ -471,11 +504,18 @@ static inline __attribute__((always_inline)) int attention_rows_of(const Attenti
     }
     return 1;
 }
-/* head_dim 64 (the default model's) as a constant: the key loop unrolls and the queries stay in registers */
+/* head_dim 64 (the default model's) as a constant: loops over it unroll, queries stay in registers and a
+ * tile's 16 query rows are one base address plus constant offsets */
 static int attention_rows(const AttentionJob *job, int64_t b, int64_t g, const half *keys, const half *values,
                           int64_t past) {
     return job->head_dim == 64 ? attention_rows_of(job, b, g, keys, values, past, 64)
                                : attention_rows_of(job, b, g, keys, values, past, job->head_dim);
+}
+
+static int attention_blocked(const AttentionJob *job, int64_t b, int64_t g, const half *keys, const half *values,
+                             int64_t past) {
+    return job->head_dim == 64 ? attention_blocked_of(job, b, g, keys, values, past, 64)
+                               : attention_blocked_of(job, b, g, keys, values, past, job->head_dim);
 }
 #endif
 
