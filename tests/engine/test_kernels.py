@@ -334,6 +334,14 @@ def test_fusion_rewrites_every_pattern_of_the_default_model(default_model_dir: P
         assert all(name in known for name in node.input if name), node.name
         known.update(node.output)
     assert all(o.name in known for o in model.graph.output)
+    # the KV cache follows DecodeAttention into fp16: 30 layers' past inputs and present outputs
+    caches = [v for v in (*model.graph.input, *model.graph.output) if ".key" in v.name or ".value" in v.name]
+    assert len(caches) == 4 * layers
+    assert {v.type.tensor_type.elem_type for v in caches} == {TensorProto.FLOAT16}
+    stock = onnx.load(str(default_model_dir / "model.onnx"), load_external_data=False)
+    assert fuse(stock, attention=False).attention == 0
+    stock_keys = {v.type.tensor_type.elem_type for v in stock.graph.input if ".key" in v.name}
+    assert stock_keys == {TensorProto.FLOAT}
 
 
 @pytest.fixture(scope="module")
