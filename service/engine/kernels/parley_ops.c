@@ -680,9 +680,9 @@ static OrtStatus *swiglu_compute(void *state, OrtKernelContext *ctx) {
  *     y[m, n] = Σ_b scale[n,b]·dx[m,b]·(Σ_i u_i·qx[m,i] − z·Σ_i qx[m,i]) + offset[n,b]·Σ_i x[m,i].
  * (Centring the codes before the rounding error meets them matters: folding −z·scale into the offset and
  * its exact sums instead doubles the error, KL 0.017 against 0.004 on the eval text.)
- * At kernel creation the constant weights are repacked so that 16 output columns share each vector:
- * one record per (16-column group, block) holds the codes (256 bytes at 4 bits, 512 at 8), then 16 scales,
- * then 16 offsets. 4-bit: in chunk q (64 bytes) byte 4c + t holds column c's weight for k = 8q + t in its
+ * At kernel creation the constant weights are repacked so that 16 output columns share each vector: per
+ * (16-column group, block) one record of codes (256 bytes at 4 bits, 512 at 8), and 16 scales and 16
+ * offsets in arrays of their own (fp16 where exact, see compact_if_exact). 4-bit: in chunk q (64 bytes) byte 4c + t holds column c's weight for k = 8q + t in its
  * low nibble and k = 8q + 4 + t in its high nibble. 8-bit: in chunk g byte 4c + t is column c's weight
  * for k = 4g + t. Either way a u8·s8 dot-product instruction (VNNI) multiplies 16 columns by 4
  * activations at once, and the weights are unpacked once for every row of the batch. */
