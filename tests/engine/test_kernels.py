@@ -64,17 +64,17 @@ def _info(name: str, shape: list[int | str] | None, dtype: int = TensorProto.FLO
     return helper.make_tensor_value_info(name, dtype, shape)
 
 
-def _attention_session(library: Path, op: str) -> ort.InferenceSession:
+def _attention_session(library: Path, op: str, d: int = D) -> ort.InferenceSession:
     """A one-node session: DecodeAttention keeps its cache in fp16, GroupQueryAttention in fp32."""
     cache = TensorProto.FLOAT16 if op == "DecodeAttention" else TensorProto.FLOAT
     inputs = [
-        _info("qkv", ["B", "S", (H + 2 * G) * D]),
-        _info("past_k", ["B", G, CAPACITY, D], cache),
-        _info("past_v", ["B", G, CAPACITY, D], cache),
+        _info("qkv", ["B", "S", (H + 2 * G) * d]),
+        _info("past_k", ["B", G, CAPACITY, d], cache),
+        _info("past_v", ["B", G, CAPACITY, d], cache),
         _info("seqlens_k", ["B"], TensorProto.INT32),
         _info("total", [], TensorProto.INT32),
-        _info("cos", [POSITIONS, D // 2]),
-        _info("sin", [POSITIONS, D // 2]),
+        _info("cos", [POSITIONS, d // 2]),
+        _info("sin", [POSITIONS, d // 2]),
     ]
     if op == "GroupQueryAttention":
         node = helper.make_node(
@@ -101,8 +101,8 @@ def _attention_session(library: Path, op: str) -> ort.InferenceSession:
     return _session(library, [node], inputs, outputs)
 
 
-def _rotary() -> tuple[np.ndarray, np.ndarray]:
-    angles = np.outer(np.arange(POSITIONS), 10000.0 ** (-np.arange(0, D, 2) / D))
+def _rotary(d: int = D) -> tuple[np.ndarray, np.ndarray]:
+    angles = np.outer(np.arange(POSITIONS), 10000.0 ** (-np.arange(0, d, 2) / d))
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
@@ -111,11 +111,11 @@ def _reference_attention(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Straight numpy: rotate (adjacent pairs), append at each row's own position, causal softmax. The
     new keys and values are stored at the cache's precision (fp16 or fp32) before any query reads them."""
-    store = keys.dtype
-    cos, sin = _rotary()
+    store, d = keys.dtype, keys.shape[-1]
+    cos, sin = _rotary(d)
     keys, values = keys.astype(np.float64), values.astype(np.float64)
     batch, seq, _ = qkv.shape
-    out = np.zeros((batch, seq, H * D))
+    out = np.zeros((batch, seq, H * d))
 
     def rotate(x: np.ndarray, pos: int) -> np.ndarray:
         y = np.empty_like(x, dtype=np.float64)
@@ -128,17 +128,17 @@ def _reference_attention(
         for s in range(seq):
             row = qkv[b, s]
             for g in range(G):
-                key = rotate(row[(H + g) * D : (H + g + 1) * D], past + s)
+                key = rotate(row[(H + g) * d : (H + g + 1) * d], past + s)
                 keys[b, g, past + s] = key.astype(np.float32).astype(store)
-                values[b, g, past + s] = row[(H + G + g) * D : (H + G + g + 1) * D].astype(store)
+                values[b, g, past + s] = row[(H + G + g) * d : (H + G + g + 1) * d].astype(store)
         for s in range(seq):
             pos = past + s
             for h in range(H):
                 g = h // (H // G)
-                q = rotate(qkv[b, s, h * D : (h + 1) * D], pos)
-                scores = keys[b, g, : pos + 1] @ q / np.sqrt(D)
+                q = rotate(qkv[b, s, h * d : (h + 1) * d], pos)
+                scores = keys[b, g, : pos + 1] @ q / np.sqrt(d)
                 p = np.exp(scores - scores.max())
-                out[b, s, h * D : (h + 1) * D] = (p / p.sum()) @ values[b, g, : pos + 1]
+                out[b, s, h * d : (h + 1) * d] = (p / p.sum()) @ values[b, g, : pos + 1]
     return out, keys, values
 
 
@@ -151,7 +151,7 @@ def _run_attention(
     in_place: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run with the caches bound as the engine binds them (in place) or as fresh outputs."""
-    cos, sin = _rotary()
+    cos, sin = _rotary(keys.shape[-1])
     binding = session.io_binding()
     for name, value in (("qkv", qkv), ("seqlens_k", seqlens), ("cos", cos), ("sin", sin)):
         binding.bind_cpu_input(name, value)
@@ -211,6 +211,23 @@ def test_decode_attention_matches_numpy_and_group_query_attention(
         np.testing.assert_array_equal(ours[2][b, :, :used], want_v[b, :, :used])
     np.testing.assert_allclose(ours[0], want_out, atol=1e-4)
     np.testing.assert_allclose(ours[0], ort_own[0], atol=5e-3)
+
+
+@pytest.mark.parametrize("head_dim", [128, 32])  # another multiple of 64; the portable path's only case
+@pytest.mark.parametrize(("seqlens", "seq"), [([7, 0, 30], 1), ([40], 21)])
+def test_decode_attention_at_other_head_sizes(
+    library: Path, head_dim: int, seqlens: list[int], seq: int
+) -> None:
+    rng = np.random.default_rng(head_dim + seq)
+    batch = len(seqlens)
+    qkv = rng.standard_normal((batch, seq, (H + 2 * G) * head_dim)).astype(np.float32)
+    keys = rng.standard_normal((batch, G, CAPACITY, head_dim)).astype(np.float16)
+    values = rng.standard_normal((batch, G, CAPACITY, head_dim)).astype(np.float16)
+    lengths = np.array(seqlens, dtype=np.int32)
+    want_out, _, _ = _reference_attention(qkv, keys, values, lengths)
+    session = _attention_session(library, "DecodeAttention", head_dim)
+    got_out, _, _ = _run_attention(session, qkv, keys.copy(), values.copy(), lengths, True)
+    np.testing.assert_allclose(got_out, want_out, atol=1e-4)
 
 
 def test_decode_attention_rejects_a_row_past_the_cache(library: Path) -> None:
