@@ -39,6 +39,10 @@ class KVShape:
     def batch_shape(self, n: int) -> list[int]:
         return [n, self.n_kv_heads, self.capacity, self.head_dim]
 
+    def __str__(self) -> str:
+        gib = self.total_bytes / 2**30
+        return f"{self.max_batch} slots x {self.capacity} tokens, {np.dtype(self.dtype).name}, {gib:.2f} GiB"
+
 
 class KVCache:
     """Host (numpy) KV buffers for the CPU execution provider."""

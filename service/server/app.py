@@ -131,12 +131,12 @@ async def serve(
         elif warm_up.done():
             await running.set_serving(True)
             log.info(
-                "serving %s on %s:%d (context window %d, %d slots)",
+                "serving %s on %s:%d (context window %d; KV cache %s)",
                 model.name,
                 config.host,
                 running.port,
                 model.context_window,
-                config.max_batch,
+                model.engine.runner.kv_shape,
             )
             if on_ready is not None:
                 on_ready(running)
