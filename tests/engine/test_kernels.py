@@ -142,6 +142,18 @@ def _reference_attention(
     return out, keys, values
 
 
+def _attention_inputs(
+    seed: int, seqlens: list[int], seq: int, d: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random packed QKV for `seq` new tokens per row, fp16 caches, and the rows' seqlens_k."""
+    rng = np.random.default_rng(seed)
+    batch = len(seqlens)
+    qkv = rng.standard_normal((batch, seq, (H + 2 * G) * d)).astype(np.float32)
+    keys = rng.standard_normal((batch, G, CAPACITY, d)).astype(np.float16)
+    values = rng.standard_normal((batch, G, CAPACITY, d)).astype(np.float16)
+    return qkv, keys, values, np.array(seqlens, dtype=np.int32)
+
+
 def _run_attention(
     session: ort.InferenceSession,
     qkv: np.ndarray,
@@ -185,12 +197,7 @@ def test_decode_attention_matches_numpy_and_group_query_attention(
 ) -> None:
     """Against numpy on the same fp16 cache (closely), and against GroupQueryAttention on an fp32 copy of
     it, which differs only by the new rows' fp16 rounding."""
-    rng = np.random.default_rng(len(seqlens) * 10 + seq)
-    batch = len(seqlens)
-    qkv = rng.standard_normal((batch, seq, (H + 2 * G) * D)).astype(np.float32)
-    keys = rng.standard_normal((batch, G, CAPACITY, D)).astype(np.float16)
-    values = rng.standard_normal((batch, G, CAPACITY, D)).astype(np.float16)
-    lengths = np.array(seqlens, dtype=np.int32)
+    qkv, keys, values, lengths = _attention_inputs(len(seqlens) * 10 + seq, seqlens, seq, D)
     want_out, want_k, want_v = _reference_attention(qkv, keys, values, lengths)
 
     ours = _run_attention(
@@ -218,12 +225,7 @@ def test_decode_attention_matches_numpy_and_group_query_attention(
 def test_decode_attention_at_other_head_sizes(
     library: Path, head_dim: int, seqlens: list[int], seq: int
 ) -> None:
-    rng = np.random.default_rng(head_dim + seq)
-    batch = len(seqlens)
-    qkv = rng.standard_normal((batch, seq, (H + 2 * G) * head_dim)).astype(np.float32)
-    keys = rng.standard_normal((batch, G, CAPACITY, head_dim)).astype(np.float16)
-    values = rng.standard_normal((batch, G, CAPACITY, head_dim)).astype(np.float16)
-    lengths = np.array(seqlens, dtype=np.int32)
+    qkv, keys, values, lengths = _attention_inputs(head_dim + seq, seqlens, seq, head_dim)
     want_out, _, _ = _reference_attention(qkv, keys, values, lengths)
     session = _attention_session(library, "DecodeAttention", head_dim)
     got_out, _, _ = _run_attention(session, qkv, keys.copy(), values.copy(), lengths, True)
