@@ -1,9 +1,12 @@
 """Sampler cost per decode step: `python -m bench.sampler_bench [--steps N] [--batch 1 8 16] [--logits F]`.
 
 Times what the engine pays per step for sampling — build_columns (per-sequence state to columns, with
-the seeded draws), sample (the pure sampler) and record_step — at batch 1, 8 and 16 over the default
-model's vocabulary (49152), for several parameter mixes. The machine is shared, so each case runs
-`--rounds` times and the round with the lowest median is reported (median and 90th percentile).
+the seeded draws), the sampling head (the SamplingHead op the decode graph ends in, run here alone in
+ONNX Runtime on the same threads: its share of the graph's run), sample (the pure sampler) and
+record_step — at batch 1, 8 and 16 over the default model's vocabulary (49152), for several parameter
+mixes. Without Parley's kernel library (or with --no-head) the sampler reads the logits alone, as it
+does without the kernels. The machine is shared, so each case runs `--rounds` times and the round with
+the lowest median is reported (median and 90th percentile).
 
 The logits are synthetic but shaped like the default model's: the r-th most likely token lies about
 slope × ln(r) nats below the top, slope 1.4-2.4 (measured on SmolLM2-135M-Instruct's logits over a
@@ -22,10 +25,22 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 from numpy.typing import NDArray
+from onnx import TensorProto, helper
 
+from service.engine import kernels
+from service.engine.kernels.fusion import (
+    SAMPLING_MASSES,
+    SAMPLING_SCALES,
+    TOP_IDS,
+    TOP_LOGITS,
+    add_sampling_head,
+)
+from service.engine.runner import available_cores
 from service.sampling import SamplingParams, SequenceSampling, build_columns, record_step, sample
 from service.sampling.draw import (
     CANDIDATE_LEVELS,
@@ -37,6 +52,7 @@ from service.sampling.draw import (
     top_k_level,
     weights_into,
 )
+from service.sampling.top import TOP_TOKENS, TopTokens
 
 VOCAB = 49152
 DECODE_STEP_MS = 13.3  # the int4 graph's batch-8 decode step (bench/results/latest.md, 2026-11-22)
@@ -76,10 +92,50 @@ def zipf_logits(rng: np.random.Generator, rows: int, vocab: int = VOCAB) -> NDAr
     return out
 
 
+class SamplingHead:
+    """The decode graph's SamplingHead alone in an ONNX Runtime session (IOBinding, the engine's threads)."""
+
+    def __init__(self, library: Path, batch: int, vocab: int = VOCAB) -> None:
+        logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 1, vocab])
+        model = helper.make_model(
+            helper.make_graph([], "sampling_head", [logits], [logits]),
+            opset_imports=[helper.make_opsetid("", 21)],
+            ir_version=10,
+        )
+        add_sampling_head(model, "logits", TOP_TOKENS)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = available_cores()
+        options.register_custom_ops_library(str(library))
+        self.session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        self.ids = np.zeros((batch, TOP_TOKENS), np.int64)
+        self.top = np.zeros((batch, TOP_TOKENS), np.float32)
+        self.masses = np.zeros((batch, 2), np.float64)
+        self.binding = self.session.io_binding()
+        for name, array in ((TOP_IDS, self.ids), (TOP_LOGITS, self.top), (SAMPLING_MASSES, self.masses)):
+            self.binding.bind_output(name, "cpu", 0, array.dtype.type, list(array.shape), array.ctypes.data)
+
+    @staticmethod
+    def create(batch: int) -> SamplingHead | None:
+        built = kernels.library()
+        return SamplingHead(built, batch) if built is not None and kernels.fast_quant_linear(built) else None
+
+    def __call__(self, logits: NDArray[np.float32], scales: NDArray[np.float32]) -> TopTokens:
+        self.binding.bind_cpu_input("logits", np.ascontiguousarray(logits).reshape(logits.shape[0], 1, -1))
+        self.binding.bind_cpu_input(SAMPLING_SCALES, scales)
+        self.session.run_with_iobinding(self.binding)
+        return TopTokens(scales, self.ids, self.top, self.masses)
+
+
 def bench_mix(
-    make: Callable[[int], SamplingParams], batch: int, pool: NDArray[np.float32], steps: int
+    make: Callable[[int], SamplingParams],
+    batch: int,
+    pool: NDArray[np.float32],
+    steps: int,
+    head: SamplingHead | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Per-step milliseconds: (sample alone, build_columns + sample + record_step)."""
+    """Per-step milliseconds: (sample alone, build_columns + head + sample + record_step)."""
     rng = np.random.default_rng(1)
     sequences = [
         SequenceSampling(
@@ -92,11 +148,12 @@ def bench_mix(
     ]
     sample_ms, total_ms = [], []
     for step in range(steps + 5):  # the first 5 steps warm caches and are not counted
-        logits = pool[(np.arange(batch) + step * batch) % pool.shape[0]]
+        logits = np.ascontiguousarray(pool[(np.arange(batch) + step * batch) % pool.shape[0]])
         started = time.perf_counter()
         columns = build_columns(sequences)
+        top = None if head is None else head(logits, columns.head_scales)
         sampled = time.perf_counter()
-        tokens = sample(logits, columns).tokens
+        tokens = sample(logits, columns, top=top).tokens
         done = time.perf_counter()
         record_step(sequences, tokens)
         finished = time.perf_counter()
@@ -107,19 +164,28 @@ def bench_mix(
 
 
 def quietest(
-    make: Callable[[int], SamplingParams], batch: int, pool: NDArray[np.float32], steps: int, rounds: int
+    make: Callable[[int], SamplingParams],
+    batch: int,
+    pool: NDArray[np.float32],
+    steps: int,
+    rounds: int,
+    head: SamplingHead | None = None,
 ) -> tuple[list[float], list[float]]:
     """bench_mix repeated `rounds` times; the round with the lowest median total (a shared machine)."""
     return min(
-        (bench_mix(make, batch, pool, steps) for _ in range(rounds)), key=lambda r: statistics.median(r[1])
+        (bench_mix(make, batch, pool, steps, head) for _ in range(rounds)),
+        key=lambda r: statistics.median(r[1]),
     )
 
 
 def per_step_ms(batch: int = 8, steps: int = 100, rounds: int = 3) -> dict[str, float]:
-    """Median milliseconds per step, bookkeeping included, for each of BENCH_MIXES (synthetic logits)."""
+    """Median milliseconds per step, bookkeeping and sampling head included, for each of BENCH_MIXES
+    (synthetic logits)."""
     pool = zipf_logits(np.random.default_rng(0), 64)
+    head = SamplingHead.create(batch)
     return {
-        name: statistics.median(quietest(MIXES[name], batch, pool, steps, rounds)[1]) for name in BENCH_MIXES
+        name: statistics.median(quietest(MIXES[name], batch, pool, steps, rounds, head)[1])
+        for name in BENCH_MIXES
     }
 
 
@@ -176,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per case; the quietest is kept")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16], help="batch sizes")
     parser.add_argument("--logits", help="a .npy (N, V) array of real logits to use instead")
+    parser.add_argument("--no-head", action="store_true", help="sample from the logits alone")
     args = parser.parse_args(argv)
     if args.logits:
         pool = np.load(args.logits).astype(np.float32)
@@ -184,12 +251,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         source = f"{pool.shape[0]} rows from {args.logits}"
     else:
         pool, source = zipf_logits(np.random.default_rng(0), 64), "64 synthetic rows"
+    heads = {batch: None if args.no_head else SamplingHead.create(batch) for batch in args.batch}
+    with_head = "with" if all(heads.values()) else "without"
     print(f"sampler per decode step, V={VOCAB}, {source}, best of {args.rounds} rounds of {args.steps} steps")
-    print("milliseconds: median (p90); bookkeeping = build_columns + sample + record_step")
+    print(f"{with_head} the sampling head; milliseconds: median (p90)")
+    print("bookkeeping = build_columns + sampling head + sample + record_step")
     print(f"{'parameters':24s} {'batch':>5s} {'sample':>15s} {'with bookkeeping':>18s} {'% of step':>10s}")
     for name, make in MIXES.items():
         for batch in args.batch:
-            sample_ms, total_ms = quietest(make, batch, pool, args.steps, args.rounds)
+            sample_ms, total_ms = quietest(make, batch, pool, args.steps, args.rounds, heads[batch])
             total = statistics.median(total_ms)
             share = f"{100 * total / DECODE_STEP_MS:9.1f}%" if batch == 8 else ""
             print(

@@ -28,6 +28,7 @@ from models.card import GraphIO, ModelCard, load_card
 from service.engine.kv_cache import KVShape
 from service.engine.runner import DEFAULT_RUNNER_OPTIONS, RunnerOptions
 from service.errors import EngineFailure, ModelError
+from service.sampling.top import TopTokens
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,9 @@ class CudaModelRunner:
         logits: np.ndarray = binding.copy_outputs_to_cpu()[0][0, 0]
         return logits
 
-    def decode(self, tokens: np.ndarray, cached: np.ndarray) -> np.ndarray:
+    def decode(self, tokens: np.ndarray, cached: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+        """As ModelRunner.decode; this graph has no sampling head (its op is CPU-only), so `scales` is
+        unused and top_tokens is None: the sampler reads the logits."""
         n = len(tokens)
         if int(cached.max()) >= self.capacity - 1:
             raise EngineFailure(
@@ -231,6 +234,9 @@ class CudaModelRunner:
         bucket.runs += 1
         logits: np.ndarray = bucket.logits.numpy()[:n, 0]
         return logits
+
+    def top_tokens(self, n: int) -> TopTokens | None:
+        return None
 
     def _run(self, binding: ort.IOBinding, options: ort.RunOptions) -> None:
         try:

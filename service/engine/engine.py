@@ -35,7 +35,8 @@ from service.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from service.sampling import NonFiniteLogits, build_columns, record_step, sample
+from service.sampling import NonFiniteLogits, SamplingColumns, build_columns, record_step, sample
+from service.sampling.top import TopTokens
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +311,9 @@ class Engine:
         rows: list[Choice] = [self.slots.rows[i] for i in range(self.slots.decoding)]  # type: ignore[misc]
         tokens = np.array([c.pending for c in rows], dtype=np.int64)
         cached = np.array([c.n_cached for c in rows], dtype=np.int32)
+        columns = build_columns([c.sampling for c in rows])  # before the run: it sets the sampling head
         try:
-            logits = self.runner.decode(tokens, cached)
+            logits = self.runner.decode(tokens, cached, columns.head_scales)
             self._failures = 0
         except EngineFailure as exc:
             self._record_failure(exc)
@@ -320,14 +322,15 @@ class Engine:
             return
         for choice in rows:
             choice.n_cached += 1
-        self._sample_and_accept(rows, logits)
+        self._sample_and_accept(rows, columns, logits, self.runner.top_tokens(len(rows)))
         self._release_finished(rows, time.monotonic())
 
-    def _sample_and_accept(self, choices: list[Choice], logits: np.ndarray) -> None:
+    def _sample_and_accept(
+        self, choices: list[Choice], columns: SamplingColumns, logits: np.ndarray, top: TopTokens | None
+    ) -> None:
         samplings = [c.sampling for c in choices]
-        columns = build_columns(samplings)
         try:
-            result = sample(logits, columns)
+            result = sample(logits, columns, top=top)
         except NonFiniteLogits as exc:  # fail those rows only; the rest keep their draws
             bad = set(exc.rows)
             for row in bad:
@@ -336,7 +339,7 @@ class Engine:
             if not keep:
                 return
             choices, samplings = [choices[i] for i in keep], [samplings[i] for i in keep]
-            result = sample(logits[keep], columns.select(keep))
+            result = sample(logits[keep], columns.select(keep), top=None if top is None else top.select(keep))
         record_step(samplings, result.tokens)
         for choice, token, logprobs in zip(choices, result.tokens.tolist(), result.logprobs, strict=True):
             if not choice.finished:

@@ -3,7 +3,9 @@
 Two calls, both synchronous and meant for the engine's own thread:
 - `prefill(slot, tokens, start)`: run tokens [start, start + len) of one sequence as a batch of one on
   that slot's rows; returns the logits of its last token.
-- `decode(tokens, cached)`: one new token for each of slots 0..n-1 in a single run; returns [n, V] logits.
+- `decode(tokens, cached, scales)`: one new token for each of slots 0..n-1 in a single run; returns [n, V]
+  logits. With Parley's kernels the run also fills the sampling head's outputs at `scales`
+  (service/sampling/top.py), read with `top_tokens(n)`.
 
 The graph writes new K/V rows straight into the cache: every past input is bound to the same memory as
 its present output (DESIGN.md §4), so no step copies the cache.
@@ -24,9 +26,19 @@ import onnxruntime as ort
 from models.card import ModelCard, load_card
 from service.engine import kernels
 from service.engine.kernels import KernelMode
-from service.engine.kernels.fusion import FUSED_CACHE_DTYPE, FusionReport, fuse
+from service.engine.kernels.fusion import (
+    FUSED_CACHE_DTYPE,
+    SAMPLING_MASSES,
+    SAMPLING_SCALES,
+    TOP_IDS,
+    TOP_LOGITS,
+    FusionReport,
+    add_sampling_head,
+    fuse,
+)
 from service.engine.kv_cache import Device, KVCache, KVShape
 from service.errors import EngineFailure, ModelError
+from service.sampling.top import TOP_TOKENS, TopTokens
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +93,7 @@ class ModelRunner:
             )
         self.threads = options.threads or available_cores()
         self.fusions: FusionReport | None = None  # with Parley's kernels: what the graph rewrite fused
+        self.sampling_head = False  # with Parley's kernels: the graph ends in a SamplingHead
         self.session, self.decode_session = self._create_sessions()
         fused_attention = self.fusions is not None and self.fusions.attention > 0
         kv_dtype = FUSED_CACHE_DTYPE if fused_attention else self.card.graph.kv_dtype
@@ -100,6 +113,17 @@ class ModelRunner:
         self._decode_bindings: dict[int, ort.IOBinding] = {}
         self._prefill_bindings: dict[int, ort.IOBinding] = {}
         self._prefill_logits = np.zeros((1, 1, self.vocab_size), dtype=np.float32)
+        batch = options.max_batch
+        self._scales = np.zeros((batch, 2), np.float32)  # the last decode's head scales
+        self._top_ids = np.zeros((batch, TOP_TOKENS), np.int64)
+        self._top_logits = np.zeros((batch, TOP_TOKENS), np.float32)
+        self._masses = np.zeros((batch, 2), np.float64)
+        self._prefill_head = (  # the head's outputs of a prefill run: unused (its row is never sampled)
+            np.zeros((1, 2), np.float32),
+            np.zeros((1, TOP_TOKENS), np.int64),
+            np.zeros((1, TOP_TOKENS), np.float32),
+            np.zeros((1, 2), np.float64),
+        )
 
     def _create_session(
         self, graph: str | bytes, custom_ops: Path | None = None, spin: bool = True
@@ -165,7 +189,9 @@ class ModelRunner:
             return stock, stock
         graph = onnx.load(str(path), load_external_data=False)
         self.fusions = fuse(graph)
-        log.info("graph rewritten for Parley's kernels: %s", self.fusions)
+        add_sampling_head(graph, self.card.graph.logits, TOP_TOKENS)
+        self.sampling_head = True
+        log.info("graph rewritten for Parley's kernels: %s, and a sampling head", self.fusions)
         rewritten = graph.SerializeToString()
         return self._create_session(rewritten, built, spin=False), self._create_session(rewritten, built)
 
@@ -195,6 +221,8 @@ class ModelRunner:
                 [n, 1, self.vocab_size],
                 self._logits.ctypes.data,
             )
+            if self.sampling_head:
+                self._bind_head_outputs(binding, self._top_ids[:n], self._top_logits[:n], self._masses[:n])
             self._decode_bindings[n] = binding
         return binding
 
@@ -211,8 +239,17 @@ class ModelRunner:
                 [1, 1, self.vocab_size],
                 self._prefill_logits.ctypes.data,
             )
+            if self.sampling_head:
+                self._bind_head_outputs(binding, *self._prefill_head[1:])
             self._prefill_bindings[slot] = binding
         return binding
+
+    @staticmethod
+    def _bind_head_outputs(
+        binding: ort.IOBinding, ids: np.ndarray, top: np.ndarray, masses: np.ndarray
+    ) -> None:
+        for name, array in ((TOP_IDS, ids), (TOP_LOGITS, top), (SAMPLING_MASSES, masses)):
+            binding.bind_output(name, "cpu", 0, array.dtype.type, list(array.shape), array.ctypes.data)
 
     def _run(
         self,
@@ -221,8 +258,11 @@ class ModelRunner:
         input_ids: np.ndarray,
         seqlens_k: np.ndarray,
         total: int,
+        scales: np.ndarray,
     ) -> None:
         io = self.card.graph
+        if self.sampling_head:
+            binding.bind_cpu_input(SAMPLING_SCALES, scales)
         binding.bind_cpu_input(io.input_ids, input_ids)
         binding.bind_cpu_input(io.seqlens_k, seqlens_k)
         binding.bind_cpu_input(io.total_sequence_length, np.array(total, dtype=np.int32))
@@ -240,13 +280,15 @@ class ModelRunner:
         if count == 0 or end > self.kv_shape.capacity or not 0 <= slot < self.kv_shape.max_batch:
             raise EngineFailure(f"prefill of {count} tokens at {start} on slot {slot} does not fit the cache")
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(1, count)
-        self._run(self.session, self._prefill_binding(slot), ids, np.array([end - 1], dtype=np.int32), end)
+        seqlens = np.array([end - 1], dtype=np.int32)
+        self._run(self.session, self._prefill_binding(slot), ids, seqlens, end, self._prefill_head[0])
         logits: np.ndarray = self._prefill_logits[0, 0]
         return logits
 
-    def decode(self, tokens: np.ndarray, cached: np.ndarray) -> np.ndarray:
+    def decode(self, tokens: np.ndarray, cached: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
         """One token per slot 0..n-1; `cached[r]` = tokens already in slot r's cache. Returns [n, V]
-        logits (a view valid until the next decode)."""
+        logits (a view valid until the next decode). `scales` [n, 2]: the sampling head's
+        (SamplingColumns.head_scales; None: candidates only)."""
         n = len(tokens)
         if not 0 < n <= self.kv_shape.max_batch or int(cached.max()) >= self.kv_shape.capacity:
             raise EngineFailure(
@@ -254,6 +296,15 @@ class ModelRunner:
             )
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(n, 1)
         seqlens = np.ascontiguousarray(cached, dtype=np.int32)  # tokens after this step − 1
-        self._run(self.decode_session, self._decode_binding(n), ids, seqlens, int(cached.max()) + 1)
+        head = self._scales[:n]
+        head[:] = 0.0 if scales is None else scales
+        self._run(self.decode_session, self._decode_binding(n), ids, seqlens, int(cached.max()) + 1, head)
         logits: np.ndarray = self._logits[:n, 0]
         return logits
+
+    def top_tokens(self, n: int) -> TopTokens | None:
+        """The sampling head's outputs for the last decode of n rows (views valid until the next decode);
+        None without Parley's kernels."""
+        if not self.sampling_head:
+            return None
+        return TopTokens(self._scales[:n], self._top_ids[:n], self._top_logits[:n], self._masses[:n])

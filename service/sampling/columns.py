@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -55,6 +56,25 @@ class SamplingColumns:
     @property
     def batch_size(self) -> int:
         return int(self.temperature.shape[0])
+
+    @cached_property
+    def inverse_temperature(self) -> FloatArray:
+        """(B,) float32 1/T, 0 for greedy rows: the scale the sampling head and the sampler both apply."""
+        temperature = self.temperature[:, 0]
+        inverse = np.zeros(temperature.size, np.float32)
+        np.divide(np.float32(1.0), temperature, out=inverse, where=temperature > 0.0)
+        return inverse
+
+    @cached_property
+    def head_scales(self) -> FloatArray:
+        """(B, 2) float32: the scales at which the sampling head (top.py) computes each row's softmax
+        normalisers, 0 where none is wanted. Column 0 is 1/T for the sampled rows that need their whole
+        row's mass (untruncated, or top_p without top_k); column 1 is 1 for a row that reports logprobs."""
+        scales = np.zeros((self.batch_size, 2), np.float32)
+        whole_mass = (self.top_k[:, 0] == 0) & ((self.top_p[:, 0] < 1.0) | (self.min_p[:, 0] <= 0.0))
+        scales[whole_mass, 0] = self.inverse_temperature[whole_mass]
+        scales[self.top_logprobs[:, 0] != NO_LOGPROBS, 1] = 1.0
+        return scales
 
     def select(self, rows: Sequence[int]) -> SamplingColumns:
         """The columns of `rows` alone, renumbered 0..len(rows)-1, with the same draws (a retry after

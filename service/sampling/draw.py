@@ -138,6 +138,23 @@ def draw_untruncated(weights: FloatRow, uniform: float) -> int:
     return first + step * _inverse_cdf(inner, target - before)
 
 
+def draw_tail(
+    logits: FloatRow,
+    row_max: np.float32,
+    scale: np.float32,
+    excluded: IdArray,
+    uniform: float,
+    buffer: FloatRow,
+) -> int:
+    """A token other than `excluded`, with probability proportional to its weight (the draw of a row
+    whose uniform landed beyond its candidates, see top.py)."""
+    weights = weights_into(logits, row_max, scale, buffer)
+    weights[excluded] = 0.0
+    if not weights.any():  # the draw passed the candidates only by rounding and nothing else weighs
+        return int(excluded[-1])
+    return draw_untruncated(weights, uniform)
+
+
 def stripe_sums(weights: FloatRow) -> tuple[NDArray[np.float64], int, int]:
     """Sums of the columns of weights[:full] seen as (full / width, width), plus one for the leftover
     tail when V is not a multiple of the width; with the width and `full`. The column sums run in
@@ -192,10 +209,18 @@ def draw_truncated(
 
 
 def kept_threshold(
-    descending: FloatRow, top_k: int, top_p: float, min_p: float, total: float, level: float
+    descending: FloatRow | NDArray[np.float64],
+    top_k: int,
+    top_p: float,
+    min_p: float,
+    total: float,
+    level: float,
+    *,
+    running: NDArray[np.float64] | None = None,
 ) -> float | None:
     """The weight threshold t of the kept set, or None when the candidates (all weights >= level, sorted
-    in descending order; level 0 = the whole row) cannot decide it."""
+    in descending order; level 0 = the whole row) cannot decide it. `running`: the float64 running sums
+    of `descending`, when the caller has them."""
     count = descending.size
     whole_row = level == 0.0
     below = -1.0  # a cut known to lie below this level: it cannot be the binding one if t >= level
@@ -210,9 +235,9 @@ def kept_threshold(
     # (a whole row holding fewer than top_k tokens: top_k keeps them all)
     t_p = 0.0
     if top_p < 1.0:
-        running = descending[:end].astype(np.float64).cumsum()
-        reference = float(running[-1]) if top_k else total
-        cut = int(running.searchsorted(top_p * reference, "left"))
+        sums = descending[:end].astype(np.float64).cumsum() if running is None else running[:end]
+        reference = float(sums[-1]) if top_k else total
+        cut = int(sums.searchsorted(top_p * reference, "left"))
         # cut == end: the nucleus needs more mass than the candidates hold (or rounding at top_p ≈ 1)
         last = float(descending[end - 1]) if whole_row else below
         t_p = float(descending[cut]) if cut < end else last

@@ -8,42 +8,78 @@ as much as everything else a greedy row does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from numpy.typing import NDArray
 
 from service.sampling.columns import FloatArray, IndexArray, SamplingColumns, TokenValues
 
 
+@dataclass(frozen=True)
+class RowEdits:
+    """One row's steps 1-3 as sparse writes: distinct tokens, their logits before and after."""
+
+    tokens: IndexArray
+    raw: FloatArray
+    edited: FloatArray
+
+
 class EditedRows:
     """row -> that row's logits after steps 1-3. An edited row lives in a shared buffer that the next
-    lookup overwrites; an unedited row is a view of the input."""
+    lookup overwrites; an unedited row is a view of the input. `row_edits(row)` gives the same edits
+    sparsely."""
 
     def __init__(self, logits: FloatArray, columns: SamplingColumns) -> None:
         self.logits = logits
         bias, history, suppressed = columns.logit_bias, columns.history, columns.suppressed
-        self.any = bool(len(bias) or len(history) or len(suppressed))
+        # One write per (row, token), the last step's: suppression (-inf) over the penalties, whose values
+        # already include the bias of the same token, over the bias alone.
+        parts: list[tuple[TokenValues, FloatArray]] = []
+        if len(suppressed):
+            parts.append((suppressed, np.full(len(suppressed), -np.inf, np.float32)))
+        if len(history):
+            parts.append((history, _penalised(logits, columns)))
+        if len(bias):
+            parts.append((bias, _gather(logits, bias) + bias.values))
+        self.any = bool(parts)
         if not self.any:
             return
         batch, vocab = logits.shape
         self._buffer = np.empty(vocab, np.float32)
-        # the order of the writes is the order of the steps: bias, then penalties (whose values already
-        # include the bias of the same token), then -inf
-        self._writes = [
-            _ByRow(bias.rows, bias.tokens, _gather(logits, bias) + bias.values, batch),
-            _ByRow(history.rows, history.tokens, _penalised(logits, columns), batch),
-            _ByRow(suppressed.rows, suppressed.tokens, np.full(len(suppressed), -np.inf, np.float32), batch),
-        ]
-        self._edited = np.zeros(batch, np.bool_)
-        for part in (bias, history, suppressed):
-            self._edited[part.rows] = True
+        rows = np.concatenate([part.rows for part, _ in parts])
+        tokens = np.concatenate([part.tokens for part, _ in parts])
+        edited = np.concatenate([values for _, values in parts])
+        if len(parts) > 1:  # pairs may repeat across steps: keep each one's first, the later step's
+            _, first = np.unique(rows * vocab + tokens, return_index=True)
+            rows, tokens, edited = rows[first], tokens[first], edited[first]
+        elif rows.size > 1 and (rows[1:] < rows[:-1]).any():  # build_columns emits them in row order
+            order = rows.argsort(kind="stable")
+            rows, tokens, edited = rows[order], tokens[order], edited[order]
+        self._tokens, self._edited_values = tokens, edited
+        self._raw = _gather(logits, TokenValues(rows, tokens, edited))
+        self._ends: list[int] = np.bincount(rows, minlength=batch).cumsum().tolist()
+
+    def _span(self, row: int) -> slice:
+        return slice(self._ends[row - 1] if row else 0, self._ends[row])
+
+    def is_edited(self, row: int) -> bool:
+        if not self.any:
+            return False
+        span = self._span(row)
+        return bool(span.stop > span.start)
+
+    def row_edits(self, row: int) -> RowEdits:
+        """Row `row`'s edits: distinct tokens with their logits before and after steps 1-3."""
+        span = self._span(row)
+        return RowEdits(self._tokens[span], self._raw[span], self._edited_values[span])
 
     def __getitem__(self, row: int) -> FloatArray:
-        if not self.any or not self._edited[row]:
+        if not self.is_edited(row):
             view: FloatArray = self.logits[row]
             return view
+        span = self._span(row)
         np.copyto(self._buffer, self.logits[row])
-        for writes in self._writes:
-            writes.apply(row, self._buffer)
+        self._buffer[self._tokens[span]] = self._edited_values[span]
         return self._buffer
 
 
@@ -79,20 +115,3 @@ def _matching(bias: TokenValues, history: TokenValues, vocab: int) -> FloatArray
     found = sorted_keys[position] == history_keys
     result: FloatArray = np.where(found, bias.values[order][position], np.float32(0.0))
     return result
-
-
-class _ByRow:
-    """Sparse writes (tokens, values) grouped by row, for one row at a time."""
-
-    def __init__(self, rows: IndexArray, tokens: IndexArray, values: FloatArray, batch: int) -> None:
-        if rows.size and (rows[1:] < rows[:-1]).any():  # build_columns already emits them in row order
-            order = rows.argsort(kind="stable")
-            rows, tokens, values = rows[order], tokens[order], values[order]
-        self._tokens, self._values = tokens, values
-        self._ends: NDArray[np.int64] = np.bincount(rows, minlength=batch).cumsum()
-
-    def apply(self, row: int, out: FloatArray) -> None:
-        start = int(self._ends[row - 1]) if row else 0
-        end = int(self._ends[row])
-        if end > start:
-            out[self._tokens[start:end]] = self._values[start:end]

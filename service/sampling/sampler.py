@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import NDArray
 
 from service.errors import EngineFailure
 from service.sampling.columns import (
@@ -37,8 +38,15 @@ from service.sampling.columns import (
     SamplingColumns,
     TokenLogprobs,
 )
-from service.sampling.draw import CANDIDATE_LEVELS, draw_row, stripe_sums, weights_into
+from service.sampling.draw import CANDIDATE_LEVELS, draw_row, draw_tail, stripe_sums, weights_into
 from service.sampling.edits import EditedRows
+from service.sampling.top import (
+    CandidateDraws,
+    EditedCandidates,
+    TailDraw,
+    TopTokens,
+    logprobs_from_top,
+)
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -53,26 +61,37 @@ class NonFiniteLogits(EngineFailure):
 
 
 def sample(
-    logits: FloatArray, columns: SamplingColumns, *, levels: tuple[float, ...] = CANDIDATE_LEVELS
+    logits: FloatArray,
+    columns: SamplingColumns,
+    *,
+    top: TopTokens | None = None,
+    levels: tuple[float, ...] = CANDIDATE_LEVELS,
 ) -> SampledTokens:
     """Pick one token per row of logits (B, V) float32. `logits` is not modified.
 
-    `levels` are draw.py's candidate levels; () sends every truncated row through the whole-row path.
+    `top` is the graph's sampling head for these logits, computed at columns.head_scales (see top.py):
+    rows it can decide never read their whole row. `levels` are draw.py's candidate levels; () sends
+    every truncated row through the whole-row path.
     """
     if logits.ndim != 2 or logits.shape[0] != columns.batch_size:
         raise ValueError(f"logits must be (B={columns.batch_size}, V), got {logits.shape}")
+    if top is not None and not np.array_equal(top.scales, columns.head_scales):
+        raise ValueError("the sampling head ran at other scales than these columns need (head_scales)")
     edited = EditedRows(logits, columns)
     temperature = columns.temperature[:, 0]
-    if not edited.any and not temperature.any():  # fast path: every row greedy, nothing to edit
+    if top is None and not edited.any and not temperature.any():  # every row greedy, nothing to edit
         tokens = logits.argmax(axis=1).astype(np.int64)
         _check_finite(logits[np.arange(tokens.size), tokens])
     else:
-        tokens = _sample_rows(edited, columns, levels)
-    return SampledTokens(tokens, logprobs_of(logits, tokens, columns.top_logprobs))
+        tokens = _sample_rows(edited, columns, levels, top)
+    return SampledTokens(tokens, logprobs_of(logits, tokens, columns.top_logprobs, top))
 
 
-def _sample_rows(edited: EditedRows, columns: SamplingColumns, levels: tuple[float, ...]) -> IndexArray:
-    """Steps 4-8, row by row: each row's work is a few passes over V, so the loop costs little."""
+def _sample_rows(
+    edited: EditedRows, columns: SamplingColumns, levels: tuple[float, ...], top: TopTokens | None
+) -> IndexArray:
+    """Steps 4-8, row by row: each row's work is a few passes over V (or over its K candidates), so the
+    loop costs little."""
     batch, vocab = edited.logits.shape
     tokens = np.empty(batch, np.int64)
     buffer = np.empty(vocab, np.float32)  # one row's weights, reused (stays in cache)
@@ -85,7 +104,43 @@ def _sample_rows(edited: EditedRows, columns: SamplingColumns, levels: tuple[flo
         strict=True,
     )
     failed: list[int] = []
+    candidates: CandidateDraws | None = None  # built at the first row that draws from candidates
+    marks: NDArray[np.bool_] | None = None  # EditedCandidates' scratch, at the first edited row
+    if top is not None:
+        masses = np.where(top.scales[:, 0] > 0.0, top.masses[:, 0], np.nan).tolist()  # nan: not needed
+        usable = (~np.isnan(top.masses[:, 0]) & np.isfinite(top.logits[:, 0])).tolist()
+        first = top.ids[:, 0].tolist()
+    inverse = columns.inverse_temperature.tolist()
     for row, (temperature, top_k, top_p, min_p, uniform) in enumerate(parameters):
+        tail: TailDraw | None = None
+        if top is not None:
+            if not usable[row]:  # no finite maximum in the raw row
+                failed.append(row)
+                continue
+            drawn: int | TailDraw | None
+            if not edited.is_edited(row):
+                if temperature == 0.0:
+                    tokens[row] = first[row]
+                    continue
+                if candidates is None:
+                    candidates = CandidateDraws(top, columns.inverse_temperature)
+                drawn = candidates.draw(
+                    row, masses[row], top_k=top_k, top_p=top_p, min_p=min_p, uniform=uniform
+                )
+            else:
+                if marks is None:
+                    marks = np.zeros(vocab, np.bool_)
+                view = EditedCandidates(top, row, edited.row_edits(row), marks)
+                if temperature == 0.0:
+                    drawn = view.argmax()
+                else:
+                    drawn = view.draw(
+                        masses[row], inverse[row], top_k=top_k, top_p=top_p, min_p=min_p, uniform=uniform
+                    )
+            if isinstance(drawn, int):
+                tokens[row] = drawn
+                continue
+            tail = drawn  # else None: the candidates could not decide; the whole row does
         logits = edited[row]
         if temperature == 0.0:
             tokens[row] = logits.argmax()
@@ -97,6 +152,9 @@ def _sample_rows(edited: EditedRows, columns: SamplingColumns, levels: tuple[flo
             failed.append(row)
             continue
         scale = np.float32(LOG2E / temperature)
+        if tail is not None:
+            tokens[row] = draw_tail(logits, row_max, scale, tail.excluded, tail.uniform, buffer)
+            continue
         tokens[row] = draw_row(
             logits,
             row_max,
@@ -120,15 +178,20 @@ def _check_finite(row_maxima: FloatArray) -> None:
 
 
 def logprobs_of(
-    logits: FloatArray, tokens: IndexArray, top_logprobs: IndexArray
+    logits: FloatArray, tokens: IndexArray, top_logprobs: IndexArray, top: TopTokens | None = None
 ) -> tuple[TokenLogprobs | None, ...]:
-    """Raw log_softmax of the chosen tokens and of each row's `top_logprobs` most likely tokens."""
+    """Raw log_softmax of the chosen tokens and of each row's `top_logprobs` most likely tokens (from
+    the sampling head's normaliser and candidates when given)."""
     wanted = top_logprobs[:, 0]
     if (wanted == NO_LOGPROBS).all():
         return (None,) * int(logits.shape[0])
     buffer = np.empty(logits.shape[1], np.float32)
     return tuple(
-        None if count == NO_LOGPROBS else _row_logprobs(logits[row], int(tokens[row]), count, buffer)
+        None
+        if count == NO_LOGPROBS
+        else logprobs_from_top(top, row, float(logits[row, tokens[row]]), count)
+        if top is not None and count <= top.valid(row)
+        else _row_logprobs(logits[row], int(tokens[row]), count, buffer)
         for row, count in enumerate(wanted.tolist())
     )
 

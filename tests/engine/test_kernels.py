@@ -17,6 +17,7 @@ from service.engine.kernels import fast_quant_linear
 from service.engine.kernels.build import build, compile_library
 from service.engine.kernels.fusion import DOMAIN, fuse
 from service.engine.runner import ModelRunner, RunnerOptions
+from tests.sampling.reference import reference_top_tokens, zipf_logits
 
 H, G, D, CAPACITY, POSITIONS = 9, 3, 64, 48, 64  # the default model's head layout, a small cache
 
@@ -451,3 +452,94 @@ def test_fused_graphs_stay_within_int8_activation_noise_at_int4(
     kl = (np.exp(stock) * (stock - fused)).sum(-1)
     agree = float((stock.argmax(-1) == fused.argmax(-1)).mean())
     assert kl.mean() < 0.02 and kl.max() < 0.2 and agree >= 0.9, (kl.mean(), kl.max(), agree)
+
+
+def _head_session(library: Path, k: int) -> ort.InferenceSession:
+    node = helper.make_node(
+        "SamplingHead", ["logits", "scales"], ["ids", "top", "masses"], domain=DOMAIN, k=k
+    )
+    return _session(
+        library,
+        [node],
+        [_info("logits", ["rows", 1, "vocab"]), _info("scales", ["rows", 2])],
+        [
+            _info("ids", None, TensorProto.INT64),
+            _info("top", None),
+            _info("masses", None, TensorProto.DOUBLE),
+        ],
+    )
+
+
+def _head_rows(vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows that exercise the selection: model-like, ties (also across the k-th place), a NaN, a +inf,
+    nothing finite, fewer finite logits than k, -inf among finite ones; scales off, equal and apart."""
+    rng = np.random.default_rng(vocab)
+    logits = zipf_logits(rng, 9, vocab)
+    logits[1] = np.round(logits[1])  # many ties, some across the k-th place
+    logits[2, 7] = np.nan
+    logits[3, vocab - 1] = np.inf
+    logits[4] = -np.inf
+    logits[5] = -np.inf
+    logits[5, rng.choice(vocab, 10, replace=False)] = rng.standard_normal(10).astype(np.float32)
+    logits[6, ::3] = -np.inf
+    logits[7] = 1.5  # every logit tied
+    scales = np.array(
+        [
+            [1.0, 1.0],
+            [1 / 0.7, 1.0],
+            [1.0, 0.0],
+            [0.0, 1.0],
+            [1.0, 1.0],
+            [2.0, 1.0],
+            [0.5, 0.0],
+            [1.0, 1.0],
+            [0.0, 0.0],
+        ],
+        np.float32,
+    )
+    return logits, scales
+
+
+@pytest.mark.parametrize("vocab", [49152, 5000, 1000, 77])
+def test_sampling_head_matches_a_full_sort(library: Path, vocab: int) -> None:
+    """The k most likely tokens (logit descending, id ascending: the first k of that order exactly) and
+    the softmax normalisers at the asked scales, NaN for rows without a finite maximum; at the default
+    vocabulary and at sizes where the block estimate has a remainder or is skipped."""
+    k = 64 if vocab > 64 else 16
+    logits, scales = _head_rows(vocab)
+    session = _head_session(library, k)
+    ids, top, masses = session.run(None, {"logits": logits[:, None, :], "scales": scales})
+    want = reference_top_tokens(logits, scales, k)
+    np.testing.assert_array_equal(ids, want.ids)
+    np.testing.assert_array_equal(top, want.logits)
+    np.testing.assert_array_equal(np.isnan(masses), np.isnan(want.masses))
+    np.testing.assert_allclose(masses, want.masses, rtol=1e-6)
+
+
+def test_sampling_head_rejects_bad_shapes(library: Path) -> None:
+    session = _head_session(library, 64)
+    logits = np.zeros((2, 1, 100), np.float32)
+    with pytest.raises(Exception, match="scales must be"):
+        session.run(None, {"logits": logits, "scales": np.zeros((3, 2), np.float32)})
+    with pytest.raises(Exception, match="V >= k"):
+        session.run(None, {"logits": logits[..., :10], "scales": np.zeros((2, 2), np.float32)})
+
+
+def test_runner_decode_fills_the_sampling_head(default_model_dir: Path) -> None:
+    """The served graph ends in the head: its candidates are the top of the logits the same run returns,
+    its masses those of these logits at the scales given."""
+    runner = ModelRunner(default_model_dir, RunnerOptions(max_batch=4, kv_capacity=64))
+    assert runner.sampling_head
+    scales = np.array([[1.0, 1.0], [0.0, 1.0], [1 / 0.7, 0.0]], np.float32)
+    logits = runner.decode(np.array([1, 2, 3]), np.array([0, 0, 0]), scales).copy()
+    top = runner.top_tokens(3)
+    assert top is not None
+    want = reference_top_tokens(logits, scales, top.ids.shape[1])
+    np.testing.assert_array_equal(top.ids, want.ids)
+    np.testing.assert_allclose(top.masses, want.masses, rtol=1e-6)
+    assert (
+        ModelRunner(default_model_dir, RunnerOptions(max_batch=1, kv_capacity=64, kernels="off")).top_tokens(
+            1
+        )
+        is None
+    )

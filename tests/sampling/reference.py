@@ -12,6 +12,8 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
+from service.sampling.top import TopTokens
+
 LOG2E = 1.0 / math.log(2.0)
 
 
@@ -125,3 +127,25 @@ def _chi_square_quantile(freedom: int, z: float = 4.753) -> float:
         return math.inf
     a = 2.0 / (9.0 * freedom)
     return freedom * (1.0 - a + z * math.sqrt(a)) ** 3
+
+
+def reference_top_tokens(logits: NDArray[np.float32], scales: NDArray[np.float32], k: int) -> TopTokens:
+    """What the graph's SamplingHead returns (see service/sampling/top.py), by a full sort per row."""
+    rows = logits.shape[0]
+    ids = np.full((rows, k), -1, np.int64)
+    top = np.full((rows, k), -np.inf, np.float32)
+    masses = np.zeros((rows, 2), np.float64)
+    for row in range(rows):
+        x = logits[row]
+        if np.isnan(x).any() or np.isposinf(x).any() or not np.isfinite(x).any():
+            masses[row] = np.nan
+        finite = np.flatnonzero(x > -np.inf)
+        order = finite[np.lexsort((finite, -x[finite]))][:k]  # logit descending, id ascending
+        ids[row, : order.size], top[row, : order.size] = order, x[order]
+        if np.isnan(masses[row, 0]):
+            continue
+        shifted = (x - x.max()).astype(np.float64)
+        for column in range(2):
+            if scales[row, column] > 0.0:
+                masses[row, column] = float(np.exp(shifted * float(scales[row, column])).sum())
+    return TopTokens(scales.copy(), ids, top, masses)

@@ -1,6 +1,8 @@
 """The sampler draws from the right distribution: empirical frequencies over many seeded draws of one
 fixed row match the filtered softmax (reference.filtered_softmax) by a chi-square test at 1e-6, and no
-draw ever lands on a token the filters remove."""
+draw ever lands on a token the filters remove. Each case runs on the logits alone and with a sampling
+head (service/sampling/top.py; few candidates on small rows, so that tail draws and fallbacks to the
+whole row are common)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,17 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from service.sampling import SamplingParams, SequenceSampling, build_columns, record_step, sample
+from service.sampling import (
+    SamplingColumns,
+    SamplingParams,
+    SequenceSampling,
+    build_columns,
+    record_step,
+    sample,
+)
+from service.sampling.top import TopTokens
 from tests.sampling.columns import make_columns
-from tests.sampling.reference import assert_fits, filtered_softmax, zipf_logits
+from tests.sampling.reference import assert_fits, filtered_softmax, reference_top_tokens, zipf_logits
 
 DRAWS = 8000
 
@@ -23,8 +33,27 @@ def _small_row() -> NDArray[np.float32]:
     return (np.linspace(3.0, -3.0, 24) + jitter).astype(np.float32)[np.random.default_rng(8).permutation(24)]
 
 
-def _draw_counts(row: NDArray[np.float32], draws: int, seed: int, **params: Any) -> NDArray[np.int64]:
-    """Sample the same row `draws` times, each with its own uniform, in batches."""
+HEADS = [pytest.param(None, id="logits"), pytest.param(8, id="head")]
+
+
+def _head_of_repeated_row(logits: NDArray[np.float32], columns: SamplingColumns, k: int) -> TopTokens:
+    """The sampling head of a batch whose rows and parameters are all the same (draws apart)."""
+    assert (columns.head_scales == columns.head_scales[0]).all()
+    one = reference_top_tokens(logits[:1], columns.head_scales[:1], k)
+    rows = logits.shape[0]
+    return TopTokens(
+        columns.head_scales,
+        np.repeat(one.ids, rows, axis=0),
+        np.repeat(one.logits, rows, axis=0),
+        np.repeat(one.masses, rows, axis=0),
+    )
+
+
+def _draw_counts(
+    row: NDArray[np.float32], draws: int, seed: int, head: int | None = None, **params: Any
+) -> NDArray[np.int64]:
+    """Sample the same row `draws` times, each with its own uniform, in batches; with a sampling head
+    of `head` candidates per row when given."""
     rng = np.random.default_rng(seed)
     counts = np.zeros(row.size, np.int64)
     chunk = 2000
@@ -32,7 +61,8 @@ def _draw_counts(row: NDArray[np.float32], draws: int, seed: int, **params: Any)
         batch = min(chunk, draws - start)
         logits = np.broadcast_to(row, (batch, row.size))
         columns = make_columns(batch, uniform=rng.random(batch), **params)
-        counts += np.bincount(sample(logits, columns).tokens, minlength=row.size)
+        top = None if head is None else _head_of_repeated_row(logits, columns, head)
+        counts += np.bincount(sample(logits, columns, top=top).tokens, minlength=row.size)
     return counts
 
 
@@ -48,12 +78,15 @@ SMALL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("params", SMALL_CASES)
-def test_small_vocabulary_frequencies_match_filtered_softmax(params: dict[str, Any]) -> None:
+def test_small_vocabulary_frequencies_match_filtered_softmax(
+    params: dict[str, Any], head: int | None
+) -> None:
     row = _small_row()
     expected = filtered_softmax(row, **params)
     _assert_no_cut_near_a_boundary(row, params)
-    assert_fits(_draw_counts(row, DRAWS, seed=1, **params), expected)
+    assert_fits(_draw_counts(row, DRAWS, seed=1, head=head, **params), expected)
 
 
 LARGE_CASES = [
@@ -65,11 +98,13 @@ LARGE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("head", [pytest.param(None, id="logits"), pytest.param(64, id="head")])
 @pytest.mark.parametrize("params", LARGE_CASES)
-def test_full_vocabulary_frequencies_match_filtered_softmax(params: dict[str, Any]) -> None:
-    """49152 tokens shaped like real logits: the candidate-set paths are the ones exercised."""
+def test_full_vocabulary_frequencies_match_filtered_softmax(params: dict[str, Any], head: int | None) -> None:
+    """49152 tokens shaped like real logits: the candidate-set paths are the ones exercised (the head's
+    64, as served)."""
     row = zipf_logits(np.random.default_rng(3), 1, 49152)[0]
-    assert_fits(_draw_counts(row, 4000, seed=2, **params), filtered_softmax(row, **params))
+    assert_fits(_draw_counts(row, 4000, seed=2, head=head, **params), filtered_softmax(row, **params))
 
 
 def test_goodness_of_fit_check_rejects_a_wrong_temperature() -> None:
@@ -87,9 +122,11 @@ def test_goodness_of_fit_check_rejects_draws_outside_the_kept_set() -> None:
         assert_fits(counts, filtered_softmax(row, temperature=1.0, top_k=5))
 
 
-def test_penalties_bias_and_suppression_shape_the_distribution() -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_penalties_bias_and_suppression_shape_the_distribution(head: int | None) -> None:
     """Through the per-sequence state: logit_bias, then repetition (prompt + generated), frequency and
-    presence (generated) penalties, then min_tokens suppression of the end token."""
+    presence (generated) penalties, then min_tokens suppression of the end token (with a head: edits
+    merged into the raw candidates, the mass corrected by their change)."""
     row = _small_row()
     vocab = row.size
     params = SamplingParams(
@@ -113,7 +150,9 @@ def test_penalties_bias_and_suppression_shape_the_distribution() -> None:
             sequence.record(token)
         sequences.append(sequence)
     columns = build_columns(sequences)
-    tokens = sample(np.broadcast_to(row, (DRAWS, vocab)), columns).tokens
+    logits = np.broadcast_to(row, (DRAWS, vocab))
+    top = None if head is None else _head_of_repeated_row(logits, columns, head)
+    tokens = sample(logits, columns, top=top).tokens
     record_step(sequences, tokens)
 
     expected_logits = row.astype(np.float64)

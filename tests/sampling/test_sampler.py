@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from service.sampling import NonFiniteLogits, SamplingColumns, TokenValues, sample
+from service.sampling import NonFiniteLogits, SampledTokens, SamplingColumns, TokenValues, sample
 from service.sampling.draw import STRIPE, draw_untruncated, weights_into
 from tests.sampling.columns import make_columns
-from tests.sampling.reference import LOG2E, reference_token, zipf_logits
+from tests.sampling.reference import LOG2E, reference_token, reference_top_tokens, zipf_logits
 
 VOCAB = 49152
 
@@ -22,6 +22,17 @@ VOCAB = 49152
 @pytest.fixture(scope="module")
 def rows() -> np.ndarray:
     return zipf_logits(np.random.default_rng(11), 24, VOCAB)
+
+
+HEADS = [pytest.param(None, id="logits"), pytest.param(64, id="head"), pytest.param(4, id="head-4")]
+
+
+def _sample(logits: np.ndarray, columns: SamplingColumns, head: int | None) -> SampledTokens:
+    """sample() on the logits alone, or with the sampling head of `head` candidates (at most V)."""
+    if head is None:
+        return sample(logits, columns)
+    top = reference_top_tokens(logits, columns.head_scales, min(head, logits.shape[1]))
+    return sample(logits, columns, top=top)
 
 
 def _uniforms(seed: int, count: int) -> NDArray[np.float64]:
@@ -34,10 +45,11 @@ def _ids(pairs: np.ndarray) -> TokenValues:
     return TokenValues(rows, tokens, np.zeros(rows.size, np.float32))
 
 
-def test_greedy_is_argmax_with_the_lowest_id_on_ties(rows: np.ndarray) -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_greedy_is_argmax_with_the_lowest_id_on_ties(rows: np.ndarray, head: int | None) -> None:
     logits = rows[:4].copy()
     logits[2, [5, 9]] = logits[2].max() + 1.0  # a tie between ids 5 and 9
-    tokens = sample(logits, make_columns(4, temperature=0.0)).tokens
+    tokens = _sample(logits, make_columns(4, temperature=0.0), head).tokens
     assert tokens.tolist() == [*logits[:2].argmax(axis=1).tolist(), 5, int(logits[3].argmax())]
 
 
@@ -154,18 +166,20 @@ def test_a_vocabulary_that_is_not_a_multiple_of_the_stripe_reaches_its_tail() ->
     assert drawn == {vocab - 3, vocab - 2, vocab - 1}
 
 
-def test_same_row_and_draw_give_the_same_token_in_any_batch(rows: np.ndarray) -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_same_row_and_draw_give_the_same_token_in_any_batch(rows: np.ndarray, head: int | None) -> None:
     uniform = _uniforms(9, rows.shape[0])
-    together = sample(rows, _mixed_columns(list(range(rows.shape[0])), uniform)).tokens
+    together = _sample(rows, _mixed_columns(list(range(rows.shape[0])), uniform), head).tokens
     order = np.random.default_rng(10).permutation(rows.shape[0])
-    permuted = sample(rows[order], _mixed_columns(order.tolist(), uniform[order])).tokens
+    permuted = _sample(rows[order], _mixed_columns(order.tolist(), uniform[order]), head).tokens
     assert permuted.tolist() == together[order].tolist()
     for i in (0, 7, 13):
-        alone = sample(rows[i : i + 1], _mixed_columns([i], uniform[i : i + 1])).tokens
+        alone = _sample(rows[i : i + 1], _mixed_columns([i], uniform[i : i + 1]), head).tokens
         assert int(alone[0]) == int(together[i])
 
 
-def test_logprobs_come_from_the_raw_distribution(rows: np.ndarray) -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_logprobs_come_from_the_raw_distribution(rows: np.ndarray, head: int | None) -> None:
     logits = rows[:4].copy()
     logits[1, [100, 50]] = logits[1].max() + 2.0  # tied top tokens: listed by ascending id
     columns = make_columns(
@@ -176,7 +190,7 @@ def test_logprobs_come_from_the_raw_distribution(rows: np.ndarray) -> None:
         top_logprobs=[5, 2, -1, 0],
         logit_bias=TokenValues(np.array([0]), np.array([7]), np.array([50.0], np.float32)),
     )
-    result = sample(logits, columns)
+    result = _sample(logits, columns, head)
     assert result.tokens[0] == 7  # the bias made it the argmax ...
     assert result.logprobs[2] is None
     for row in (0, 1, 3):
@@ -194,17 +208,19 @@ def test_logprobs_come_from_the_raw_distribution(rows: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
-def test_non_finite_rows_are_all_reported(rows: np.ndarray, temperature: float) -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_non_finite_rows_are_all_reported(rows: np.ndarray, temperature: float, head: int | None) -> None:
     logits = rows[:4].copy()
     logits[1, 123] = np.nan
     logits[3, 7] = np.inf
     columns = make_columns(4, temperature=[0.0, temperature, 1.0, temperature], uniform=np.full(4, 0.5))
     with pytest.raises(NonFiniteLogits, match=r"batch rows \[1, 3\]") as caught:
-        sample(logits, columns)
+        _sample(logits, columns, head)
     assert caught.value.rows == [1, 3]
 
 
-def test_selected_columns_keep_each_rows_draw_and_edits(rows: np.ndarray) -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_selected_columns_keep_each_rows_draw_and_edits(rows: np.ndarray, head: int | None) -> None:
     """A retry without failed rows samples the others exactly as the whole batch would have."""
     batch = 6
     edits = TokenValues(np.array([0, 2, 2, 5]), np.array([10, 11, 12, 13]), np.full(4, 3.0, np.float32))
@@ -218,41 +234,46 @@ def test_selected_columns_keep_each_rows_draw_and_edits(rows: np.ndarray) -> Non
         suppressed=_ids(np.array([[4], [int(rows[4].argmax())]])),
         repetition_penalty=1.5,
     )
-    whole = sample(rows[:batch], columns).tokens
+    whole = _sample(rows[:batch], columns, head).tokens
     keep = [0, 2, 4, 5]
-    assert sample(rows[keep], columns.select(keep)).tokens.tolist() == whole[keep].tolist()
+    assert _sample(rows[keep], columns.select(keep), head).tokens.tolist() == whole[keep].tolist()
 
 
-def test_all_suppressed_fails_with_non_finite_logits() -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_all_suppressed_fails_with_non_finite_logits(head: int | None) -> None:
     logits = np.zeros((2, 3), np.float32)
     suppressed = _ids(np.array([[1, 1, 1], [0, 1, 2]]))
     with pytest.raises(NonFiniteLogits, match=r"batch rows \[1\]"):
-        sample(logits, make_columns(2, temperature=0.0, suppressed=suppressed))
+        _sample(logits, make_columns(2, temperature=0.0, suppressed=suppressed), head)
 
 
-def test_suppressed_tokens_are_never_drawn() -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_suppressed_tokens_are_never_drawn(head: int | None) -> None:
     logits = np.array([[5.0, 4.0, 0.0, -1.0]] * 200, np.float32)
     rows = np.repeat(np.arange(200), 2)
     suppressed = _ids(np.array([rows, np.tile([0, 3], 200)]))
     columns = make_columns(200, uniform=np.random.default_rng(1).random(200), suppressed=suppressed)
-    assert set(sample(logits, columns).tokens.tolist()) == {1, 2}
+    assert set(_sample(logits, columns, head).tokens.tolist()) == {1, 2}
 
 
-def test_penalties_follow_their_definitions() -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_penalties_follow_their_definitions(head: int | None) -> None:
     """Greedy picks that flip exactly when each penalty is applied as specified."""
     logits = np.array([[2.0, 1.9, -1.0, -1.05]], np.float32)
     history = TokenValues(np.array([0, 0]), np.array([0, 2]), np.array([0.0, 0.0], np.float32))
     # repetition 1.1: 2.0 -> 1.818 (divided, positive) falls below 1.9
     assert (
-        sample(logits, make_columns(1, temperature=0.0, history=history, repetition_penalty=1.1)).tokens[0]
+        _sample(
+            logits, make_columns(1, temperature=0.0, history=history, repetition_penalty=1.1), head
+        ).tokens[0]
         == 1
     )
     # negative logits are multiplied: -1.0 -> -1.1 falls below -1.05
     only_negative = logits.copy()
     only_negative[0, :2] = -5.0
     assert (
-        sample(
-            only_negative, make_columns(1, temperature=0.0, history=history, repetition_penalty=1.1)
+        _sample(
+            only_negative, make_columns(1, temperature=0.0, history=history, repetition_penalty=1.1), head
         ).tokens[0]
         == 3
     )
@@ -260,7 +281,7 @@ def test_penalties_follow_their_definitions() -> None:
     prompt_only = make_columns(
         1, temperature=0.0, history=history, frequency_penalty=2.0, presence_penalty=2.0
     )
-    assert sample(logits, prompt_only).tokens[0] == 0
+    assert _sample(logits, prompt_only, head).tokens[0] == 0
     generated_twice = TokenValues(np.array([0]), np.array([0]), np.array([2.0], np.float32))
     for frequency, presence, expected in [(0.04, 0.0, 0), (0.06, 0.0, 1), (0.0, 0.09, 0), (0.0, 0.11, 1)]:
         # 2.0 - frequency × 2 - presence against 1.9
@@ -271,17 +292,18 @@ def test_penalties_follow_their_definitions() -> None:
             frequency_penalty=frequency,
             presence_penalty=presence,
         )
-        assert sample(logits, columns).tokens[0] == expected, (frequency, presence)
+        assert _sample(logits, columns, head).tokens[0] == expected, (frequency, presence)
 
 
-def test_penalties_apply_to_the_biased_logit() -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_penalties_apply_to_the_biased_logit(head: int | None) -> None:
     """Bias comes first: the repetition penalty divides the biased value (1 + 1) / 2 = 1.0 > 0.9,
     where penalising the raw logit would give 0.5 < 0.9."""
     logits = np.array([[1.0, 0.9, -3.0]], np.float32)
     bias = TokenValues(np.array([0]), np.array([0]), np.array([1.0], np.float32))
     history = TokenValues(np.array([0]), np.array([0]), np.array([0.0], np.float32))
     columns = make_columns(1, temperature=0.0, logit_bias=bias, history=history, repetition_penalty=2.0)
-    assert sample(logits, columns).tokens[0] == 0
+    assert _sample(logits, columns, head).tokens[0] == 0
 
 
 def test_sparse_entries_may_come_in_any_row_order() -> None:

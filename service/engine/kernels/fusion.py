@@ -12,6 +12,9 @@ graphs from memory (a prefill and a decode session, both with every fusion).
     Mul(Mul(gate, Sigmoid(gate)), up) with gate, up = Split(gate_up)  -> SwiGLU(gate_up)
     MatMulNBits(x) [4 or 8 bits, block 32, int8 activations], + its BlockOffsetAdd if any
         -> QuantLinear(x, codes, scales[, offsets_t])   (2x faster at batch 8, weights repacked once)
+
+add_sampling_head appends a SamplingHead after the logits (service/sampling/top.py says what it gives
+the sampler): one more graph input, three more outputs; the logits stay an output.
 """
 
 from __future__ import annotations
@@ -223,6 +226,37 @@ def _drop_dead_nodes(graph: onnx.GraphProto) -> int:
     for tensor in unused:
         graph.initializer.remove(tensor)
     return removed
+
+
+SAMPLING_SCALES = "sampling_scales"  # input [rows, 2] float: SamplingColumns.head_scales
+TOP_IDS, TOP_LOGITS, SAMPLING_MASSES = "top_ids", "top_logits", "sampling_masses"  # outputs, see top.py
+
+
+def add_sampling_head(model: onnx.ModelProto, logits: str, k: int) -> None:
+    """Read the graph output `logits` [batch, 1, V] with a SamplingHead keeping `k` candidates per row."""
+    graph = model.graph
+    if not any(o.name == logits for o in graph.output):
+        raise ValueError(f"the graph has no output {logits!r} to put a sampling head on")
+    graph.node.append(
+        helper.make_node(
+            "SamplingHead",
+            [logits, SAMPLING_SCALES],
+            [TOP_IDS, TOP_LOGITS, SAMPLING_MASSES],
+            name="sampling_head",
+            domain=DOMAIN,
+            k=k,
+        )
+    )
+    graph.input.append(helper.make_tensor_value_info(SAMPLING_SCALES, TensorProto.FLOAT, ["rows", 2]))
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(TOP_IDS, TensorProto.INT64, ["rows", k]),
+            helper.make_tensor_value_info(TOP_LOGITS, TensorProto.FLOAT, ["rows", k]),
+            helper.make_tensor_value_info(SAMPLING_MASSES, TensorProto.DOUBLE, ["rows", 2]),
+        ]
+    )
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
 
 
 def fuse(model: onnx.ModelProto, *, attention: bool = True, quant_linear: bool = True) -> FusionReport:

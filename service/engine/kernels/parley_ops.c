@@ -11,6 +11,8 @@
  *   QuantLinear      MatMulNBits (4/8-bit, int8 activations) with the Q4_1 offsets, on AVX-512 VNNI
  *   BlockOffsetAdd   y + blocksum(x) · offsetsᵀ   (the Q4_1 minima, exact in fp32)
  *   SwiGLU           silu(gate) · up over a packed [.., 2F] gate/up tensor
+ *   SamplingHead     per row of logits: the k most likely tokens and the softmax normalisers the sampler
+ *                    needs, so that it rarely reads the whole row
  *
  * Activations are fp32 (the CPU graph's dtype). Built by service/engine/kernels/build.py against ORT's C API.
  */
@@ -1079,6 +1081,269 @@ static OrtStatus *create_linear(const OrtKernelInfo *info, void **out) {
     return NULL;
 }
 
+/* --- SamplingHead ---------------------------------------------------------------------------- */
+/* What the sampler needs from each row of logits, so that it rarely reads the row itself
+ * (service/sampling/top.py). Inputs: logits [.., V] (R rows), scales [R, 2]; attribute k.
+ * Outputs:
+ *   top_ids [R, k] int64, top_logits [R, k]: the row's first k tokens in the order (logit descending, id
+ *     ascending), so every other token's logit is at most the last one's; −1 / −inf pad a row with fewer
+ *     than k logits above −inf.
+ *   masses [R, 2] double: Σ_v e^((x_v − max x)·scales[r, j]) for j = 0, 1 (the softmax normaliser at
+ *     temperature 1/scale); 0 where the scale is 0 (not wanted); NaN in both when the row has no finite
+ *     maximum (a NaN, a +inf, or nothing above −inf).
+ * One row per task (head_task says how). */
+
+enum { HEAD_BUFFER = 1024 };  // tokens buffered before the k best are selected and the threshold raised
+
+typedef struct {
+    int64_t k;
+} HeadKernel;
+
+typedef struct {
+    const float *logits, *scales;
+    int64_t *ids;
+    float *top;
+    double *masses;
+    int64_t vocab, k;
+} HeadJob;
+
+/* The k-th largest of values[0, n) (1 ≤ k ≤ n, no NaN): quickselect on a copy in `work`. */
+static float kth_largest(const float *values, int64_t n, int64_t k, float *work) {
+    memcpy(work, values, (size_t)n * sizeof(float));
+    int64_t lo = 0, hi = n - 1;
+    const int64_t target = k - 1;  // index in descending order
+    while (lo < hi) {
+        const float pivot = work[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {  // afterwards [lo, j] >= pivot >= [i, hi], and anything between equals pivot
+            while (work[i] > pivot) i++;
+            while (work[j] < pivot) j--;
+            if (i <= j) {
+                const float t = work[i];
+                work[i++] = work[j];
+                work[j--] = t;
+            }
+        }
+        if (target <= j) hi = j;
+        else if (target >= i) lo = i;
+        else break;
+    }
+    return work[target];
+}
+
+/* Keep the k best of n > k buffered candidates, whose ids ascend: those above the k-th value, then the
+ * lowest ids among its ties. The order (and so the ascending ids) is kept; returns the k-th value. */
+static float keep_best(float *values, int32_t *ids, int64_t n, int64_t k, float *work) {
+    const float kth = kth_largest(values, n, k, work);
+    int64_t above = 0;
+    for (int64_t i = 0; i < n; i++) above += values[i] > kth;
+    int64_t ties = k - above, kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (values[i] > kth || (values[i] == kth && ties-- > 0)) {
+            values[kept] = values[i];
+            ids[kept++] = ids[i];
+        }
+    }
+    return kth;
+}
+
+/* The running selection of a row's k best tokens: a buffer of the tokens above `threshold` (ids ascending,
+ * as they are scanned), cut back to the k best whenever it fills. */
+typedef struct {
+    float *values, *work;
+    int32_t *ids;
+    int64_t n, k;
+    float threshold;  // strict: a later token tied with the k-th best ranks after it
+} Selection;
+
+static inline void buffer_token(Selection *s, float value, int64_t id) {
+    s->values[s->n] = value;
+    s->ids[s->n++] = (int32_t)id;
+    if (s->n == HEAD_BUFFER) {
+        s->threshold = keep_best(s->values, s->ids, s->n, s->k, s->work);
+        s->n = s->k;
+    }
+}
+
+/* Buffer the tokens of x[start, end) above the threshold. */
+static void select_above(Selection *s, const float *x, int64_t start, int64_t end) {
+    int64_t i = start;
+#if defined(__AVX512F__)
+    __m512 level = _mm512_set1_ps(s->threshold);
+    __m512i index = _mm512_add_epi32(_mm512_set1_epi32((int32_t)start),
+                                     _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    for (; i + 16 <= end; i += 16, index = _mm512_add_epi32(index, _mm512_set1_epi32(16))) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        const __mmask16 above = _mm512_cmp_ps_mask(v, level, _CMP_GT_OQ);
+        if (above == 0) continue;
+        _mm512_mask_compressstoreu_ps(s->values + s->n, above, v);
+        _mm512_mask_compressstoreu_epi32(s->ids + s->n, above, index);
+        s->n += __builtin_popcount(above);
+        if (s->n > HEAD_BUFFER - 16) {
+            s->threshold = keep_best(s->values, s->ids, s->n, s->k, s->work);
+            s->n = s->k;
+            level = _mm512_set1_ps(s->threshold);
+        }
+    }
+#endif
+    for (; i < end; i++)
+        if (x[i] > s->threshold) buffer_token(s, x[i], i);
+}
+
+/* Σ e^((x − top)·scale) over a short block, x ≤ top, as Σ 2^t with t = (x − top)·scale·log2(e): t = n + f,
+ * |f| ≤ 1/2, 2^f by its degree-6 Taylor series in f·ln2 (relative error ~1e-7, below the rounding of t
+ * itself), 2^n by scalef. Two-thirds of exp16's work: no upper clamp, no Cody-Waite split. */
+#if defined(__AVX512F__)
+static const float EXP2_TAYLOR[7] = {1.0f, 6.93147181e-1f, 2.40226507e-1f, 5.55041087e-2f,
+                                     9.61812911e-3f, 1.33335581e-3f, 1.54035304e-4f};
+#endif
+
+static float exp_sum(const float *x, int64_t n, float top, float scale) {
+    double total = 0.0;
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    const __m512 top16 = _mm512_set1_ps(top), scale16 = _mm512_set1_ps(scale * EXP_LOG2E);
+    __m512 acc = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        const __m512 t = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), top16), scale16),
+                                       _mm512_set1_ps(-126.0f));  // -inf logits weigh 2^-126, not NaN
+        const __m512 whole = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512 f = _mm512_sub_ps(t, whole);
+        __m512 p = _mm512_set1_ps(EXP2_TAYLOR[6]);
+        for (int c = 5; c >= 0; c--) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_TAYLOR[c]));
+        const __m512 e = _mm512_scalef_ps(p, whole);
+        acc = _mm512_add_ps(acc, e);
+    }
+    total = _mm512_reduce_add_ps(acc);
+#endif
+    for (; i < n; i++) total += expf((x[i] - top) * scale);
+    return (float)total;
+}
+
+/* A block's maximum and, relative to it, Σ e^((x − max)·scale) for each wanted scale (0: not wanted; a
+ * second scale equal to the first is not summed twice). Sets *bad on a NaN or +inf. */
+typedef struct {
+    float max, sums[2];
+} BlockStats;
+
+static BlockStats block_stats(const float *x, int64_t n, const float *scales, int *bad) {
+    BlockStats st = {.max = -INFINITY};
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    const __m512 inf = _mm512_set1_ps(INFINITY);
+    __m512 acc0 = _mm512_set1_ps(-INFINITY), acc1 = acc0;  // two chains: a max waits for the previous one
+    __mmask16 unusable = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + 16);
+        unusable |= _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v0, inf, _CMP_EQ_OQ) |
+                    _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, inf, _CMP_EQ_OQ);
+        acc0 = _mm512_max_ps(acc0, v0);
+        acc1 = _mm512_max_ps(acc1, v1);
+    }
+    st.max = _mm512_reduce_max_ps(_mm512_max_ps(acc0, acc1));
+    if (unusable) *bad = 1;
+#endif
+    for (; i < n; i++) {
+        if (isnan(x[i]) || x[i] == INFINITY) *bad = 1;
+        if (x[i] > st.max) st.max = x[i];
+    }
+    if (*bad || st.max == -INFINITY) return st;  // nothing to sum (or a row that fails anyway)
+    for (int j = 0; j < 2; j++)
+        if (scales[j] > 0.0f && !(j == 1 && scales[1] == scales[0])) st.sums[j] = exp_sum(x, n, st.max, scales[j]);
+    return st;
+}
+
+/* Three short passes per row, each over data in L1: blocks' maxima and exponential sums (the row is read
+ * from memory once), the k-th largest block maximum as the first threshold (at least k tokens reach it,
+ * one per block, and in practice few more), then a scan of the blocks whose maximum reaches it. */
+static void head_task(void *user, size_t row) {
+    const HeadJob *job = user;
+    const int64_t V = job->vocab, k = job->k;
+    const float *x = job->logits + (int64_t)row * V, *scales = job->scales + 2 * row;
+    int64_t *out_ids = job->ids + (int64_t)row * k;
+    float *out_top = job->top + (int64_t)row * k;
+    double *masses = job->masses + 2 * row;
+    float *buffer = scratch(4 * HEAD_BUFFER);  // values, ids (int32 in float storage), work, block data
+    if (buffer == NULL) {  // out of memory: report the row as unusable rather than guess
+        masses[0] = masses[1] = NAN;
+        for (int64_t j = 0; j < k; j++) out_ids[j] = -1, out_top[j] = -INFINITY;
+        return;
+    }
+    Selection sel = {.values = buffer, .ids = (int32_t *)(buffer + HEAD_BUFFER), .work = buffer + 2 * HEAD_BUFFER,
+                     .k = k, .threshold = -INFINITY};
+    float *maxima = buffer + 3 * HEAD_BUFFER, *sums = sel.values;  // 2k ≤ HEAD_BUFFER / 2 blocks
+    const int64_t width = V / (2 * k) / 16 * 16, blocks = width > 0 ? 2 * k : 0, covered = blocks * width;
+
+    int bad = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const BlockStats st = block_stats(x + b * width, width, scales, &bad);
+        maxima[b] = st.max;
+        sums[2 * b] = st.sums[0];
+        sums[2 * b + 1] = st.sums[1];
+    }
+    const BlockStats rest = block_stats(x + covered, V - covered, scales, &bad);
+    float top = rest.max;
+    for (int64_t b = 0; b < blocks; b++) top = maxima[b] > top ? maxima[b] : top;
+    if (bad || top == -INFINITY) {
+        masses[0] = masses[1] = NAN;
+    } else {
+        for (int j = 0; j < 2; j++) {
+            const double scale = scales[j];
+            masses[j] = 0.0;
+            if (scale <= 0.0 || (j == 1 && scales[1] == scales[0])) continue;
+            masses[j] = rest.max > -INFINITY ? exp((double)(rest.max - top) * scale) * rest.sums[j] : 0.0;
+            for (int64_t b = 0; b < blocks; b++)
+                if (maxima[b] > -INFINITY) masses[j] += exp((double)(maxima[b] - top) * scale) * sums[2 * b + j];
+        }
+        if (scales[1] == scales[0]) masses[1] = masses[0];
+    }
+
+    if (blocks > 0) sel.threshold = nextafterf(kth_largest(maxima, blocks, k, sel.work), -INFINITY);  // > is >=
+    for (int64_t b = 0; b < blocks; b++)
+        if (maxima[b] > sel.threshold) select_above(&sel, x, b * width, (b + 1) * width);
+    select_above(&sel, x, covered, V);
+    int64_t n = sel.n;
+    if (n > k) {
+        keep_best(sel.values, sel.ids, n, k, sel.work);
+        n = k;
+    }
+    float *values = sel.values;
+    int32_t *ids = sel.ids;
+    for (int64_t a = 1; a < n; a++) {  // insertion sort, descending; stable, so tied ids stay ascending
+        const float v = values[a];
+        const int32_t id = ids[a];
+        int64_t b = a;
+        for (; b > 0 && values[b - 1] < v; b--) values[b] = values[b - 1], ids[b] = ids[b - 1];
+        values[b] = v;
+        ids[b] = id;
+    }
+    for (int64_t j = 0; j < k; j++) {
+        out_ids[j] = j < n ? ids[j] : -1;
+        out_top[j] = j < n ? values[j] : -INFINITY;
+    }
+}
+
+static OrtStatus *head_compute(void *state, OrtKernelContext *ctx) {
+    const HeadKernel *kernel = state;
+    Tensor logits, scales;
+    CHECK(input(ctx, 0, &logits));
+    CHECK(input(ctx, 1, &scales));
+    const char *op = "SamplingHead";
+    if (logits.rank < 1 || logits.dims[logits.rank - 1] < kernel->k) return fail(op, "logits must be [.., V] with V >= k");
+    const int64_t V = logits.dims[logits.rank - 1], rows = (int64_t)(logits.count / (size_t)V);
+    if (scales.rank != 2 || scales.dims[0] != rows || scales.dims[1] != 2) return fail(op, "scales must be [rows of logits, 2]");
+    HeadJob job = {.logits = logits.data, .scales = scales.data, .vocab = V, .k = kernel->k};
+    const int64_t top_dims[2] = {rows, kernel->k}, mass_dims[2] = {rows, 2};
+    CHECK(output(ctx, 0, top_dims, 2, (void **)&job.ids));
+    CHECK(output(ctx, 1, top_dims, 2, (void **)&job.top));
+    CHECK(output(ctx, 2, mass_dims, 2, (void **)&job.masses));
+    if (rows == 1) {
+        head_task(&job, 0);
+        return NULL;
+    }
+    return ort->KernelContext_ParallelFor(ctx, head_task, (size_t)rows, 0, &job);
+}
+
 /* --- registration ----------------------------------------------------------------------------- */
 
 typedef struct {
@@ -1115,6 +1380,18 @@ static OrtStatus *create_offset(const OrtKernelInfo *info, void **out) {
     if (k->block <= 0) {
         free(k);
         return fail("BlockOffsetAdd", "block_size must be positive");
+    }
+    *out = k;
+    return NULL;
+}
+
+static OrtStatus *create_head(const OrtKernelInfo *info, void **out) {
+    HeadKernel *k = calloc(1, sizeof *k);
+    if (k == NULL) return ort->CreateStatus(ORT_FAIL, "ai.parley.SamplingHead: out of memory");
+    int_attribute(info, "k", 64, &k->k);
+    if (k->k <= 0 || k->k > HEAD_BUFFER / 4) {
+        free(k);
+        return fail("SamplingHead", "k must be in [1, 256]");
     }
     *out = k;
     return NULL;
@@ -1197,6 +1474,10 @@ static const ONNXTensorElementDataType LINEAR_INPUTS[] = {
     ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
 };
 
+static const ONNXTensorElementDataType HEAD_OUTPUTS[] = {
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE,
+};
+
 static ParleyOp OPS[] = {
     {.name = "DecodeAttention", .inputs = 7, .outputs = 3, .input_types = ATTENTION_INPUTS,
      .output_types = ATTENTION_OUTPUTS, .compute = attention_compute, .create = create_attention},
@@ -1206,6 +1487,8 @@ static ParleyOp OPS[] = {
      .compute = swiglu_compute, .create = create_stateless},
     {.name = "QuantLinear", .inputs = 4, .outputs = 1, .input_types = LINEAR_INPUTS, .compute = linear_compute,
      .create = create_linear, .destroy = destroy_linear, .required_inputs = 3},
+    {.name = "SamplingHead", .inputs = 2, .outputs = 3, .input_types = FLOAT_INPUTS, .output_types = HEAD_OUTPUTS,
+     .compute = head_compute, .create = create_head},
 };
 
 static void fill(ParleyOp *op) {
