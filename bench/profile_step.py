@@ -53,25 +53,26 @@ def profile_decode(model_dir: Path, batch: int, context: int, threads: int) -> d
     runner = ModelRunner(model_dir, RunnerOptions(max_batch=batch, kv_capacity=context + 64, threads=threads))
     for _ in range(3):
         runner.decode(tokens, cached)
-    walls = []
-    logits = np.zeros((batch, runner.vocab_size), np.float32)
-    for _ in range(STEPS):
-        start = time.perf_counter()
-        logits = runner.decode(tokens, cached).copy()
-        walls.append(time.perf_counter() - start)
     seqs = [
         SequenceSampling(
             SamplingParams(temperature=0.0).validated(vocab_size=runner.vocab_size),
             prompt_ids=[1],
             end_token_ids=[2],
-            vocab_size=runner.vocab_size,
         )
         for _ in range(batch)
     ]
+    scales = build_columns(seqs).head_scales
+    walls = []
+    logits = np.zeros((batch, runner.vocab_size), np.float32)
+    for _ in range(STEPS):
+        start = time.perf_counter()
+        logits = runner.decode(tokens, cached, scales).copy()
+        walls.append(time.perf_counter() - start)
+    head = runner.top_tokens(batch)  # the last run's, for these logits
     sampler = []
     for _ in range(STEPS):
         start = time.perf_counter()
-        result = sample(logits, build_columns(seqs))
+        result = sample(logits, build_columns(seqs), top=head)
         record_step(seqs, result.tokens)
         sampler.append(time.perf_counter() - start)
     top = dict(list(kernels.items())[:6])

@@ -142,7 +142,6 @@ def bench_mix(
             make(row).validated(vocab_size=VOCAB),
             prompt_ids=rng.integers(0, VOCAB, PROMPT_TOKENS).tolist(),
             end_token_ids=[2],
-            vocab_size=VOCAB,
         )
         for row in range(batch)
     ]

@@ -243,7 +243,7 @@ class Engine:
                 self._forget(active)
 
     def _finish_unstarted(self, active: ActiveRequest, reason: FinishReason, now: float) -> None:
-        active.make_choices(self.tokenizer, self.end_token_ids, self.card.vocab_size)
+        active.make_choices(self.tokenizer, self.end_token_ids)
         for choice in active.choices:
             choice.finish(reason, now)
         active.complete_if_finished(now)
@@ -256,7 +256,7 @@ class Engine:
         if len(self.slots.free_rows()) < active.request.n:
             return
         heapq.heappop(self._queue)
-        active.make_choices(self.tokenizer, self.end_token_ids, self.card.vocab_size)
+        active.make_choices(self.tokenizer, self.end_token_ids)
         first = active.choices[0]
         placement = self.slots.place(first, active.request.prompt_ids, now)
         assert placement is not None  # free rows were checked above

@@ -135,13 +135,11 @@ class ActiveRequest:
         if not self.done:
             self.sink(event)
 
-    def make_choices(self, tokenizer: Tokenizer, end_token_ids: frozenset[int], vocab_size: int) -> None:
+    def make_choices(self, tokenizer: Tokenizer, end_token_ids: frozenset[int]) -> None:
         request = self.request
         for index in range(request.n):
             params = choice_params(request.sampling, index)
-            sampling = SequenceSampling(
-                params, prompt_ids=request.prompt_ids, end_token_ids=end_token_ids, vocab_size=vocab_size
-            )
+            sampling = SequenceSampling(params, prompt_ids=request.prompt_ids, end_token_ids=end_token_ids)
             detokenizer = IncrementalDetokenizer(
                 tokenizer, prompt_ids=request.prompt_ids, skip_special_tokens=request.skip_special_tokens
             )

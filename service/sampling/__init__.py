@@ -3,18 +3,19 @@
 Plain numpy, no gRPC. See sampler.py for the steps and their order.
 """
 
-from service.sampling.columns import SampledTokens, SamplingColumns, TokenLogprobs, TokenValues
+from service.sampling.columns import SampledTokens, SamplingColumns, TokenEdits, TokenLogprobs, TokenValues
 from service.sampling.params import SamplingParams
 from service.sampling.sampler import NonFiniteLogits, sample
-from service.sampling.state import SequenceSampling, TokenHistory, build_columns, record_step
+from service.sampling.state import SequenceEdits, SequenceSampling, build_columns, record_step
 
 __all__ = [
     "NonFiniteLogits",
     "SampledTokens",
     "SamplingColumns",
     "SamplingParams",
+    "SequenceEdits",
     "SequenceSampling",
-    "TokenHistory",
+    "TokenEdits",
     "TokenLogprobs",
     "TokenValues",
     "build_columns",

@@ -36,6 +36,29 @@ class TokenValues:
 
 
 @dataclass(frozen=True)
+class TokenEdits:
+    """Steps 1-2 of the sampler as one entry per (row, token) that has a logit_bias or a penalty: the
+    token's logit x becomes v = x + bias, then v / divisor if v > 0 else v · divisor, then v - subtract.
+    divisor is the row's repetition_penalty for a token in its history (prompt and generated tokens),
+    else 1; subtract is frequency_penalty · count + presence_penalty · (count > 0), count the times the
+    token was generated. A (row, token) pair appears at most once."""
+
+    rows: IndexArray
+    tokens: IndexArray
+    bias: FloatArray
+    divisor: FloatArray
+    subtract: FloatArray
+
+    @staticmethod
+    def empty() -> TokenEdits:
+        ids, values = np.empty(0, np.int64), np.empty(0, np.float32)
+        return TokenEdits(ids, ids, values, values, values)
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+
+@dataclass(frozen=True)
 class SamplingColumns:
     """One decode step's parameters for B rows. Float columns are float32 except top_p and uniform
     (float64, compared with float64 running sums)."""
@@ -44,13 +67,9 @@ class SamplingColumns:
     top_k: IndexArray  # (B, 1); 0 = no limit
     top_p: NDArray[np.float64]  # (B, 1); 1 = off
     min_p: FloatArray  # (B, 1); 0 = off
-    repetition_penalty: FloatArray  # (B, 1); 1 = off
-    frequency_penalty: FloatArray  # (B, 1); 0 = off
-    presence_penalty: FloatArray  # (B, 1); 0 = off
     top_logprobs: IndexArray  # (B, 1); NO_LOGPROBS, or how many alternatives to report (0..20)
     uniform: NDArray[np.float64]  # (B, 1); the row's draw in [0, 1), unused by greedy rows
-    logit_bias: TokenValues  # values: the bias
-    history: TokenValues  # penalised rows only; values: times generated (0 = only in the prompt)
+    edits: TokenEdits  # logit_bias and the penalties
     suppressed: TokenValues  # values unused
 
     @property
@@ -83,23 +102,29 @@ class SamplingColumns:
         renumber = np.full(self.batch_size, -1, np.int64)
         renumber[index] = np.arange(index.size)
 
-        def sparse(part: TokenValues) -> TokenValues:
-            kept = renumber.take(part.rows) >= 0
-            return TokenValues(renumber.take(part.rows[kept]), part.tokens[kept], part.values[kept])
-
+        kept = renumber.take(self.edits.rows) >= 0
+        edits = self.edits
+        blocked = renumber.take(self.suppressed.rows) >= 0
+        suppressed = self.suppressed
         return SamplingColumns(
             temperature=self.temperature[index],
             top_k=self.top_k[index],
             top_p=self.top_p[index],
             min_p=self.min_p[index],
-            repetition_penalty=self.repetition_penalty[index],
-            frequency_penalty=self.frequency_penalty[index],
-            presence_penalty=self.presence_penalty[index],
             top_logprobs=self.top_logprobs[index],
             uniform=self.uniform[index],
-            logit_bias=sparse(self.logit_bias),
-            history=sparse(self.history),
-            suppressed=sparse(self.suppressed),
+            edits=TokenEdits(
+                renumber.take(edits.rows[kept]),
+                edits.tokens[kept],
+                edits.bias[kept],
+                edits.divisor[kept],
+                edits.subtract[kept],
+            ),
+            suppressed=TokenValues(
+                renumber.take(suppressed.rows[blocked]),
+                suppressed.tokens[blocked],
+                suppressed.values[blocked],
+            ),
         )
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numpy.typing import NDArray
 
 from service.errors import EngineFailure
 from service.sampling.columns import (
@@ -42,7 +41,6 @@ from service.sampling.draw import CANDIDATE_LEVELS, draw_row, draw_tail, stripe_
 from service.sampling.edits import EditedRows
 from service.sampling.top import (
     CandidateDraws,
-    EditedCandidates,
     TailDraw,
     TopTokens,
     logprobs_from_top,
@@ -104,39 +102,20 @@ def _sample_rows(
         strict=True,
     )
     failed: list[int] = []
-    candidates: CandidateDraws | None = None  # built at the first row that draws from candidates
-    marks: NDArray[np.bool_] | None = None  # EditedCandidates' scratch, at the first edited row
     if top is not None:
-        masses = np.where(top.scales[:, 0] > 0.0, top.masses[:, 0], np.nan).tolist()  # nan: not needed
-        usable = (~np.isnan(top.masses[:, 0]) & np.isfinite(top.logits[:, 0])).tolist()
-        first = top.ids[:, 0].tolist()
-    inverse = columns.inverse_temperature.tolist()
+        candidates = CandidateDraws(top, columns.inverse_temperature, edited)
+        finite = (~np.isnan(top.masses[:, 0]) & np.isfinite(top.logits[:, 0])).tolist()
     for row, (temperature, top_k, top_p, min_p, uniform) in enumerate(parameters):
         tail: TailDraw | None = None
         if top is not None:
-            if not usable[row]:  # no finite maximum in the raw row
+            if not finite[row]:  # no finite maximum in the raw row
                 failed.append(row)
                 continue
             drawn: int | TailDraw | None
-            if not edited.is_edited(row):
-                if temperature == 0.0:
-                    tokens[row] = first[row]
-                    continue
-                if candidates is None:
-                    candidates = CandidateDraws(top, columns.inverse_temperature)
-                drawn = candidates.draw(
-                    row, masses[row], top_k=top_k, top_p=top_p, min_p=min_p, uniform=uniform
-                )
+            if temperature == 0.0:
+                drawn = candidates.greedy[row]
             else:
-                if marks is None:
-                    marks = np.zeros(vocab, np.bool_)
-                view = EditedCandidates(top, row, edited.row_edits(row), marks)
-                if temperature == 0.0:
-                    drawn = view.argmax()
-                else:
-                    drawn = view.draw(
-                        masses[row], inverse[row], top_k=top_k, top_p=top_p, min_p=min_p, uniform=uniform
-                    )
+                drawn = candidates.draw(row, top_k=top_k, top_p=top_p, min_p=min_p, uniform=uniform)
             if isinstance(drawn, int):
                 tokens[row] = drawn
                 continue

@@ -3,7 +3,7 @@
 The engine keeps one `SequenceSampling` per running sequence. Each step it calls
 `build_columns(sequences)` (which draws each sampled row's uniform from that sequence's own generator),
 runs `sample(logits, columns)`, then `record_step(sequences, tokens)`. Nothing here is O(V) per step:
-penalty history is a list of distinct tokens plus dense counts, updated in O(1) per token.
+a sequence's logit_bias and penalties are entries (SequenceEdits) that a generated token updates in O(1).
 """
 
 from __future__ import annotations
@@ -13,43 +13,77 @@ from collections.abc import Collection, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from service.sampling.columns import NO_LOGPROBS, IndexArray, SamplingColumns, TokenValues
+from service.sampling.columns import NO_LOGPROBS, IndexArray, SamplingColumns, TokenEdits, TokenValues
 from service.sampling.params import SamplingParams
 
 _EMPTY_IDS: IndexArray = np.empty(0, np.int64)
 
 
-class TokenHistory:
-    """The distinct tokens of a sequence (prompt and generated) and how often each was generated."""
+class SequenceEdits:
+    """One sequence's TokenEdits entries (columns.py), kept up to date as it generates: the distinct
+    tokens of its history (prompt and generated, when a penalty is on) and of its logit_bias, each with
+    its bias, divisor and subtract. A generated token updates one entry or appends one, in O(1)."""
 
-    def __init__(self, prompt_ids: Sequence[int] | IndexArray, vocab_size: int) -> None:
-        distinct = np.unique(np.asarray(prompt_ids, dtype=np.int64))
-        self._generated = np.zeros(vocab_size, np.float32)  # float32: used as-is by the penalties
-        self._seen = np.zeros(vocab_size, np.bool_)
-        self._seen[distinct] = True
-        self._tokens = np.empty(max(64, 2 * distinct.size), np.int64)
-        self._tokens[: distinct.size] = distinct
-        self._size = int(distinct.size)
+    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int] | IndexArray) -> None:
+        self._penalised = params.needs_penalties
+        self._repetition = params.repetition_penalty
+        self._frequency, self._presence = params.frequency_penalty, params.presence_penalty
+        history = np.unique(np.asarray(prompt_ids, np.int64)) if self._penalised else _EMPTY_IDS
+        bias = params.logit_bias
+        seen = set(history.tolist())
+        tokens = [*history.tolist(), *(token for token in sorted(bias) if token not in seen)]
+        self._position = {token: i for i, token in enumerate(tokens)}
+        self.size = len(tokens)
+        capacity = max(64, 2 * self.size)
+        self._tokens = np.zeros(capacity, np.int64)
+        self._bias = np.zeros(capacity, np.float32)
+        self._divisor = np.ones(capacity, np.float32)
+        self._subtract = np.zeros(capacity, np.float32)
+        self._counts = np.zeros(capacity, np.int64)  # times generated
+        self._tokens[: self.size] = tokens
+        self._bias[: self.size] = [bias.get(token, 0.0) for token in tokens]
+        self._divisor[: history.size] = self._repetition
 
     def add(self, token: int) -> None:
-        self._generated[token] += 1.0
-        if self._seen[token]:
+        """Account a generated token (a no-op without penalties: the bias entries never change)."""
+        if not self._penalised:
             return
-        self._seen[token] = True
-        if self._size == self._tokens.size:
-            self._tokens = np.concatenate([self._tokens, np.empty_like(self._tokens)])
-        self._tokens[self._size] = token
-        self._size += 1
+        entry = self._position.get(token)
+        if entry is None:
+            entry = self._append(token)
+        count = int(self._counts[entry]) + 1
+        self._counts[entry] = count
+        self._divisor[entry] = self._repetition  # a bias-only token is now in the history too
+        self._subtract[entry] = self._frequency * count + self._presence
+
+    def _append(self, token: int) -> int:
+        if self.size == self._tokens.size:
+            for name in ("_tokens", "_bias", "_divisor", "_subtract", "_counts"):
+                array = getattr(self, name)
+                grown = np.zeros(2 * array.size, array.dtype)
+                grown[: array.size] = array
+                setattr(self, name, grown)
+        entry = self.size
+        self._tokens[entry], self._bias[entry], self._divisor[entry] = token, 0.0, 1.0
+        self._subtract[entry] = self._counts[entry] = 0
+        self._position[token] = entry
+        self.size += 1
+        return entry
 
     @property
     def tokens(self) -> IndexArray:
-        """Distinct tokens seen so far, in order of first appearance after the prompt's sorted ids."""
-        return self._tokens[: self._size]
+        return self._tokens[: self.size]
 
     @property
-    def generated_counts(self) -> NDArray[np.float32]:
-        """Times each of `tokens` was generated (0 for a token seen only in the prompt)."""
-        return self._generated[self.tokens]
+    def arrays(self) -> tuple[IndexArray, NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        """(tokens, bias, divisor, subtract) of the entries."""
+        n = self.size
+        return self._tokens[:n], self._bias[:n], self._divisor[:n], self._subtract[:n]
+
+    @property
+    def generated_counts(self) -> IndexArray:
+        """Times each of `tokens` was generated."""
+        return self._counts[: self.size]
 
 
 class SequenceSampling:
@@ -66,24 +100,20 @@ class SequenceSampling:
         *,
         prompt_ids: Sequence[int] | IndexArray,
         end_token_ids: Collection[int],
-        vocab_size: int,
     ) -> None:
         self.params = params
         self.generator = np.random.default_rng(params.seed)  # seed None: fresh OS entropy
         self.generated = 0
-        self.history = TokenHistory(prompt_ids, vocab_size) if params.needs_penalties else None
+        self.edits = (
+            SequenceEdits(params, prompt_ids) if params.needs_penalties or params.logit_bias else None
+        )
         self.column_values = (  # this sequence's row of the dense columns, in SamplingColumns order
             params.temperature,
             params.top_k or 0,
             params.top_p,
             params.min_p,
-            params.repetition_penalty,
-            params.frequency_penalty,
-            params.presence_penalty,
             params.top_logprobs if params.logprobs else NO_LOGPROBS,
         )
-        self.bias_tokens = np.fromiter(params.logit_bias.keys(), np.int64, len(params.logit_bias))
-        self.bias_values = np.fromiter(params.logit_bias.values(), np.float32, len(params.logit_bias))
         ends = set(end_token_ids)
         self._always_suppressed = np.array(sorted(ends), np.int64) if params.ignore_eos else _EMPTY_IDS
         self._early_suppressed = np.array(sorted({*ends, *params.stop_token_ids}), np.int64)
@@ -100,40 +130,32 @@ class SequenceSampling:
 
     def record(self, token: int) -> None:
         self.generated += 1
-        if self.history is not None:
-            self.history.add(token)
+        if self.edits is not None:
+            self.edits.add(token)
 
 
 def build_columns(sequences: Sequence[SequenceSampling]) -> SamplingColumns:
     """The columns for one step over `sequences` (row i = sequences[i]); draws each sampled row's
-    uniform. O(B) Python plus O(history + bias) numpy."""
+    uniform. O(B) Python plus O(entries) numpy."""
     batch = len(sequences)
-    table = np.array([s.column_values for s in sequences], dtype=np.float64).reshape(batch, 8)
-    bias: list[tuple[int, IndexArray, NDArray[np.float32]]] = []
-    history: list[tuple[int, IndexArray, NDArray[np.float32]]] = []
-    suppressed: list[tuple[int, IndexArray, NDArray[np.float32]]] = []
+    table = np.array([s.column_values for s in sequences], dtype=np.float64).reshape(batch, 5)
+    edited: list[tuple[int, SequenceEdits]] = []
+    suppressed: list[tuple[int, IndexArray]] = []
     for row, sequence in enumerate(sequences):
-        if sequence.bias_tokens.size:
-            bias.append((row, sequence.bias_tokens, sequence.bias_values))
-        if sequence.history is not None:
-            tokens = sequence.history.tokens
-            history.append((row, tokens, sequence.history.generated_counts))
+        if sequence.edits is not None and sequence.edits.size:
+            edited.append((row, sequence.edits))
         blocked = sequence.suppressed_now()
         if blocked.size:
-            suppressed.append((row, blocked, np.zeros(blocked.size, np.float32)))  # values unused
+            suppressed.append((row, blocked))
     return SamplingColumns(
         temperature=table[:, 0:1].astype(np.float32),
         top_k=table[:, 1:2].astype(np.int64),
         top_p=table[:, 2:3].copy(),
         min_p=table[:, 3:4].astype(np.float32),
-        repetition_penalty=table[:, 4:5].astype(np.float32),
-        frequency_penalty=table[:, 5:6].astype(np.float32),
-        presence_penalty=table[:, 6:7].astype(np.float32),
-        top_logprobs=table[:, 7:8].astype(np.int64),
+        top_logprobs=table[:, 4:5].astype(np.int64),
         uniform=np.array([s.draw() for s in sequences], np.float64).reshape(batch, 1),
-        logit_bias=_sparse(bias),
-        history=_sparse(history),
-        suppressed=_sparse(suppressed),
+        edits=_edits(edited),
+        suppressed=_suppressed(suppressed),
     )
 
 
@@ -143,14 +165,19 @@ def record_step(sequences: Sequence[SequenceSampling], tokens: IndexArray) -> No
         sequence.record(token)
 
 
-def _sparse(parts: list[tuple[int, IndexArray, NDArray[np.float32]]]) -> TokenValues:
-    """One TokenValues from per-row (row, tokens, values) parts."""
+def _edits(parts: list[tuple[int, SequenceEdits]]) -> TokenEdits:
+    if not parts:
+        return TokenEdits.empty()
+    arrays = [edits.arrays for _, edits in parts]
+    sizes = [edits.size for _, edits in parts]
+    return TokenEdits(
+        np.repeat(np.array([row for row, _ in parts], np.int64), sizes),
+        *(np.concatenate([entry[field] for entry in arrays]) for field in range(4)),
+    )
+
+
+def _suppressed(parts: list[tuple[int, IndexArray]]) -> TokenValues:
     if not parts:
         return TokenValues.empty()
-    rows = np.array([row for row, _, _ in parts], np.int64)
-    sizes = np.array([tokens.size for _, tokens, _ in parts], np.int64)
-    return TokenValues(
-        rows=rows.repeat(sizes),
-        tokens=np.concatenate([tokens for _, tokens, _ in parts]),
-        values=np.concatenate([values for _, _, values in parts]),
-    )
+    rows = np.repeat(np.array([row for row, _ in parts], np.int64), [tokens.size for _, tokens in parts])
+    return TokenValues(rows, np.concatenate([tokens for _, tokens in parts]), np.zeros(rows.size, np.float32))

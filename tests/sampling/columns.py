@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.sampling.columns import NO_LOGPROBS, SamplingColumns, TokenValues
+from service.sampling.columns import NO_LOGPROBS, SamplingColumns, TokenEdits, TokenValues
 
 
 def make_columns(
@@ -36,12 +36,39 @@ def make_columns(
         top_k=column(top_k, np.int64),
         top_p=column(top_p, np.float64),
         min_p=column(min_p, np.float32),
-        repetition_penalty=column(repetition_penalty, np.float32),
-        frequency_penalty=column(frequency_penalty, np.float32),
-        presence_penalty=column(presence_penalty, np.float32),
         top_logprobs=column(top_logprobs, np.int64),
         uniform=(np.zeros((batch, 1)) if uniform is None else uniform.reshape(batch, 1)),
-        logit_bias=logit_bias or TokenValues.empty(),
-        history=history or TokenValues.empty(),
+        edits=token_edits(
+            logit_bias or TokenValues.empty(),
+            history or TokenValues.empty(),
+            repetition_penalty,
+            frequency_penalty,
+            presence_penalty,
+        ),
         suppressed=suppressed or TokenValues.empty(),
+    )
+
+
+def token_edits(
+    bias: TokenValues, history: TokenValues, repetition: float, frequency: float, presence: float
+) -> TokenEdits:
+    """TokenEdits by their definition (columns.py): one entry per (row, token) in the bias or the
+    history (history values: times generated), in row order."""
+    entries: dict[tuple[int, int], list[float]] = {}  # (row, token) -> [bias, divisor, subtract]
+    for row, token, value in zip(bias.rows.tolist(), bias.tokens.tolist(), bias.values.tolist(), strict=True):
+        entries[(row, token)] = [value, 1.0, 0.0]
+    for row, token, count in zip(
+        history.rows.tolist(), history.tokens.tolist(), history.values.tolist(), strict=True
+    ):
+        entry = entries.setdefault((row, token), [0.0, 1.0, 0.0])
+        entry[1] = repetition
+        entry[2] = frequency * count + presence * (count > 0)
+    keys = sorted(entries)
+    values = np.array([entries[key] for key in keys], np.float32).reshape(-1, 3)
+    return TokenEdits(
+        np.array([row for row, _ in keys], np.int64),
+        np.array([token for _, token in keys], np.int64),
+        values[:, 0].copy(),
+        values[:, 1].copy(),
+        values[:, 2].copy(),
     )

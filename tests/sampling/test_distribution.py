@@ -144,7 +144,6 @@ def test_penalties_bias_and_suppression_shape_the_distribution(head: int | None)
             params.__class__(**{**params.__dict__, "seed": seed}),
             prompt_ids=prompt,
             end_token_ids=[end_token],
-            vocab_size=vocab,
         )
         for token in generated:
             sequence.record(token)

@@ -8,8 +8,8 @@ from numpy.typing import NDArray
 
 from service.sampling import (
     SamplingParams,
+    SequenceEdits,
     SequenceSampling,
-    TokenHistory,
     build_columns,
     record_step,
     sample,
@@ -26,17 +26,39 @@ def _sequence(params: SamplingParams, prompt: list[int] | None = None) -> Sequen
         params.validated(vocab_size=VOCAB),
         prompt_ids=prompt if prompt is not None else [5, 6, 7],
         end_token_ids=[END],
-        vocab_size=VOCAB,
     )
 
 
-def test_history_tracks_distinct_tokens_and_generated_counts() -> None:
-    history = TokenHistory([9, 4, 9, 1], VOCAB)
-    for token in [4, 300, 300, 1000, *range(500, 700)]:  # grows past its first capacity
-        history.add(token)
-    assert history.tokens.tolist() == [1, 4, 9, 300, 1000, *range(500, 700)]
-    counts = dict(zip(history.tokens.tolist(), history.generated_counts.tolist(), strict=True))
-    assert (counts[1], counts[4], counts[9], counts[300], counts[1000], counts[650]) == (0, 1, 0, 2, 1, 1)
+def test_edits_track_distinct_tokens_counts_bias_and_penalties() -> None:
+    params = SamplingParams(
+        temperature=1.0,
+        repetition_penalty=1.5,
+        frequency_penalty=0.25,
+        presence_penalty=0.5,
+        logit_bias={7: 2.0, 4: -1.0},
+    )
+    edits = SequenceEdits(params, [9, 4, 9, 1])
+    for token in [4, 300, 300, 7, 1000, *range(500, 700)]:  # grows past its first capacity
+        edits.add(token)
+    tokens, bias, divisor, subtract = (array.tolist() for array in edits.arrays)
+    assert tokens == [1, 4, 9, 7, 300, 1000, *range(500, 700)]  # the prompt's, bias-only, then generated
+    entry = {
+        token: (b, d, s, c)
+        for token, b, d, s, c in zip(
+            tokens, bias, divisor, subtract, edits.generated_counts.tolist(), strict=True
+        )
+    }
+    assert entry[1] == (0.0, 1.5, 0.0, 0)  # prompt only: repetition, no frequency or presence
+    assert entry[4] == (-1.0, 1.5, 0.75, 1)
+    assert entry[7] == (2.0, 1.5, 0.75, 1)  # a bias-only token joins the history once generated
+    assert entry[300] == (0.0, 1.5, 1.0, 2)
+    assert entry[650] == (0.0, 1.5, 0.75, 1)
+
+
+def test_edits_without_penalties_hold_the_bias_only() -> None:
+    edits = SequenceEdits(SamplingParams(temperature=1.0, logit_bias={7: 2.0}), [9, 4])
+    edits.add(7)
+    assert [array.tolist() for array in edits.arrays] == [[7], [2.0], [1.0], [0.0]]
 
 
 def test_columns_hold_each_row_and_neutral_values() -> None:
@@ -61,12 +83,13 @@ def test_columns_hold_each_row_and_neutral_values() -> None:
     assert columns.top_k[:, 0].tolist() == [0, 40]
     assert columns.top_p[:, 0].tolist() == pytest.approx([1.0, 0.9])
     assert columns.min_p[:, 0].tolist() == pytest.approx([0.0, 0.05])
-    assert columns.repetition_penalty[:, 0].tolist() == pytest.approx([1.0, 1.2])
-    assert columns.frequency_penalty[:, 0].tolist() == pytest.approx([0.0, 0.5])
-    assert columns.presence_penalty[:, 0].tolist() == pytest.approx([0.0, -0.5])
     assert columns.top_logprobs[:, 0].tolist() == [NO_LOGPROBS, 4]
-    assert columns.logit_bias.rows.tolist() == [1] and columns.logit_bias.tokens.tolist() == [11]
-    assert columns.history.rows.tolist() == [1, 1, 1]  # the prompt's distinct tokens, penalised row only
+    edits = columns.edits  # the prompt's distinct tokens and the biased one, penalised row only
+    assert edits.rows.tolist() == [1, 1, 1, 1] and edits.tokens.tolist() == [5, 6, 7, 11]
+    assert edits.bias.tolist() == [0.0, 0.0, 0.0, 3.0] and edits.divisor.tolist() == pytest.approx(
+        [1.2] * 3 + [1.0]
+    )
+    assert edits.subtract.tolist() == [0.0] * 4
     assert len(columns.suppressed) == 0
     assert columns.uniform[0, 0] == 0.0 and 0.0 < columns.uniform[1, 0] < 1.0
 
