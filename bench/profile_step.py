@@ -16,6 +16,7 @@ from service.engine.runner import ModelRunner, RunnerOptions
 from service.sampling import SamplingParams, SequenceSampling, build_columns, record_step, sample
 
 STEPS = 20
+HEAD_OP = "ORT SamplingHead (the sampler's part of the run)"
 
 
 def _kernel_ms(profile_file: str, steps: int) -> dict[str, float]:
@@ -28,8 +29,11 @@ def _kernel_ms(profile_file: str, steps: int) -> dict[str, float]:
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
-def profile_decode(model_dir: Path, batch: int, context: int, threads: int) -> dict[str, float]:
-    """Milliseconds per decode step of `batch` rows with `context` cached tokens each."""
+def profile_decode(
+    model_dir: Path, batch: int, context: int, threads: int, scales: np.ndarray | None = None
+) -> dict[str, float]:
+    """Milliseconds per decode step of `batch` rows with `context` cached tokens each; `scales` are the
+    sampling head's (SamplingColumns.head_scales of the rows' parameters; None: all greedy)."""
     with tempfile.TemporaryDirectory() as tmp:
         profiled = ModelRunner(
             model_dir,
@@ -39,7 +43,7 @@ def profile_decode(model_dir: Path, batch: int, context: int, threads: int) -> d
         )
         tokens, cached = np.full(batch, 100), np.full(batch, context)
         for _ in range(3):
-            profiled.decode(tokens, cached)
+            profiled.decode(tokens, cached, scales)
         profiled.decode_session.end_profiling()  # drop warm-up events: restart below on a fresh runner
         profiled = ModelRunner(
             model_dir,
@@ -48,7 +52,7 @@ def profile_decode(model_dir: Path, batch: int, context: int, threads: int) -> d
             ),
         )
         for _ in range(STEPS):
-            profiled.decode(tokens, cached)
+            profiled.decode(tokens, cached, scales)
         kernels = _kernel_ms(profiled.decode_session.end_profiling(), STEPS)
     runner = ModelRunner(model_dir, RunnerOptions(max_batch=batch, kv_capacity=context + 64, threads=threads))
     for _ in range(3):
@@ -61,14 +65,15 @@ def profile_decode(model_dir: Path, batch: int, context: int, threads: int) -> d
         )
         for _ in range(batch)
     ]
-    scales = build_columns(seqs).head_scales
+    greedy = build_columns(seqs).head_scales
     walls = []
     logits = np.zeros((batch, runner.vocab_size), np.float32)
     for _ in range(STEPS):
         start = time.perf_counter()
-        logits = runner.decode(tokens, cached, scales).copy()
+        logits = runner.decode(tokens, cached, greedy if scales is None else scales).copy()
         walls.append(time.perf_counter() - start)
-    head = runner.top_tokens(batch)  # the last run's, for these logits
+    runner.decode(tokens, cached, greedy)
+    head = runner.top_tokens(batch)  # for the greedy sampler below
     sampler = []
     for _ in range(STEPS):
         start = time.perf_counter()
@@ -80,6 +85,7 @@ def profile_decode(model_dir: Path, batch: int, context: int, threads: int) -> d
     return {
         **{f"ORT {op}": ms for op, ms in top.items()},
         "ORT other ops": rest,
+        HEAD_OP: kernels.get("SamplingHead", 0.0),
         "run() wall": 1000 * float(np.median(walls)),
         "sampler (greedy)": 1000 * float(np.median(sampler)),
     }

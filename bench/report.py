@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.profile_step import HEAD_OP
 from bench.timing import median
 
 GRPC, ENGINE, LLAMA = "parley-grpc", "parley-engine", "llama.cpp"
@@ -56,7 +57,9 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     agg8 = _get(results, "concurrency", "8", GRPC, "aggregate_tok_s")
     ttft_grpc = _get(results, "ttft", "512", GRPC, "ttft_ms")
     ttft_llama = _get(results, "ttft", "512", LLAMA, "ttft_ms")
-    sampler_mixed = _get(results, "sampler", "mixed")
+    sampler_python = _get(results, "sampler", "mixed")
+    head_op = _get(results, "profile", "8", HEAD_OP)
+    sampler_mixed = None if sampler_python is None else sampler_python + (head_op or 0.0)
     step8 = _get(results, "profile", "8", "run() wall")
 
     def ratio(a: float | None, b: float | None) -> float | None:
@@ -88,7 +91,7 @@ def goals(results: dict[str, Any]) -> list[Goal]:
             _at_least(0.9),
         ),
         (
-            "sampler per step at batch 8 (mixed parameters) vs the batch-8 decode step",
+            "sampler per step at batch 8 (mixed parameters: graph op + Python) vs the batch-8 step",
             ratio(sampler_mixed, step8),
             "<= 0.05x",
             _at_most(0.05),
@@ -188,7 +191,9 @@ def table(results: dict[str, Any]) -> str:
     sampler = results.get("sampler")
     if sampler:
         parts = ", ".join(f"{mix} {ms:.2f} ms" for mix, ms in sampler.items())
-        lines.append(f"- sampler at batch 8, per step with its bookkeeping (synthetic logits): {parts}")
+        lines.append(
+            f"- sampler's Python at batch 8, per step with its bookkeeping (synthetic logits): {parts}"
+        )
     return "\n".join(lines)
 
 

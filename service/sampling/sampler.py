@@ -92,7 +92,7 @@ def _sample_rows(
     loop costs little."""
     batch, vocab = edited.logits.shape
     tokens = np.empty(batch, np.int64)
-    buffer = np.empty(vocab, np.float32)  # one row's weights, reused (stays in cache)
+    buffer: FloatArray | None = None  # one row's weights, reused (stays in cache); made when first needed
     parameters = zip(
         columns.temperature[:, 0].tolist(),
         columns.top_k[:, 0].tolist(),
@@ -121,6 +121,8 @@ def _sample_rows(
                 continue
             tail = drawn  # else None: the candidates could not decide; the whole row does
         logits = edited[row]
+        if buffer is None:
+            buffer = np.empty(vocab, np.float32)
         if temperature == 0.0:
             tokens[row] = logits.argmax()
             if not math.isfinite(logits[tokens[row]]):
@@ -164,15 +166,17 @@ def logprobs_of(
     wanted = top_logprobs[:, 0]
     if (wanted == NO_LOGPROBS).all():
         return (None,) * int(logits.shape[0])
-    buffer = np.empty(logits.shape[1], np.float32)
-    return tuple(
-        None
-        if count == NO_LOGPROBS
-        else logprobs_from_top(top, row, float(logits[row, tokens[row]]), count)
-        if top is not None and count <= top.valid(row)
-        else _row_logprobs(logits[row], int(tokens[row]), count, buffer)
-        for row, count in enumerate(wanted.tolist())
-    )
+    results: list[TokenLogprobs | None] = []
+    buffer: FloatArray | None = None
+    for row, count in enumerate(wanted.tolist()):
+        if count == NO_LOGPROBS:
+            results.append(None)
+        elif top is not None and top.holds(row, count):
+            results.append(logprobs_from_top(top, row, float(logits[row, tokens[row]]), count))
+        else:
+            buffer = np.empty(logits.shape[1], np.float32) if buffer is None else buffer
+            results.append(_row_logprobs(logits[row], int(tokens[row]), count, buffer))
+    return tuple(results)
 
 
 def _row_logprobs(logits: FloatArray, token: int, count: int, buffer: FloatArray) -> TokenLogprobs:

@@ -46,9 +46,9 @@ class TopTokens:
     masses: NDArray[np.float64]  # (B, 2) Σ e^((x - max)·scale) per scale, 0 where the scale is 0;
     # NaN in both when the row has no finite maximum (NaN, +inf, or nothing above -inf)
 
-    def valid(self, row: int) -> int:
-        """How many candidates the row has (K unless fewer than K of its logits are above -inf)."""
-        return int(np.count_nonzero(self.ids[row] >= 0))
+    def holds(self, row: int, count: int) -> bool:
+        """Whether the row has `count` candidates (K unless fewer than K of its logits are above -inf)."""
+        return count <= self.ids.shape[1] and (count == 0 or int(self.ids[row, count - 1]) >= 0)
 
     def select(self, rows: Sequence[int]) -> TopTokens:
         index = np.asarray(rows, np.int64)
@@ -78,6 +78,9 @@ class CandidateDraws:
 
     def __init__(self, top: TopTokens, inverse: FloatArray, edited: EditedRows) -> None:
         batch = top.ids.shape[0]
+        if not edited.any and not inverse.any():  # every row greedy and unedited: the first candidates
+            self.greedy: list[int | None] = top.ids[:, 0].tolist()
+            return
         # Greedy rows draw nothing: scale 1 keeps their -inf pads at weight 0 rather than NaN (-inf · 0).
         scales = np.where(inverse > 0.0, inverse, np.float32(1.0)).astype(np.float64)
         floors, masses = top.logits[:, -1], np.where(top.scales[:, 0] > 0.0, top.masses[:, 0], np.nan)
@@ -94,7 +97,7 @@ class CandidateDraws:
         usable[np.isnan(masses) & (top.scales[:, 0] > 0.0)] = 0  # a mass that cannot be trusted
         # The first candidate is the argmax of an unedited row; an edited row's only above its floor.
         certain = (maxima > floors) | ~edited_rows
-        self.greedy: list[int | None] = [
+        self.greedy = [
             token if sure else None for token, sure in zip(ids[:, 0].tolist(), certain.tolist(), strict=True)
         ]
         self.usable: list[int] = usable.tolist()
