@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.sampling.columns import FloatArray, IndexArray, TokenLogprobs
-from service.sampling.draw import kept_threshold
+from service.sampling.draw import kept_threshold, stripe_sums, weights_into
 from service.sampling.edits import EditedRows
 
 TOP_TOKENS = 64  # K: candidates per row (a cut at top_p 0.95 and T 1 lies within them for most rows)
@@ -90,9 +90,9 @@ class CandidateDraws:
         maxima = logits[:, 0]
         shift = np.where(np.isfinite(maxima), maxima, np.float32(0.0)).astype(np.float64)  # no inf - inf
         if edited.any:
-            masses = _edited_masses(top, edited, masses, shift, scales, edited_rows)
+            masses = _edited_masses(top, edited, masses, shift, scales, edited_rows & (maxima > floors))
         weights = np.exp((logits - shift[:, None]) * scales[:, None])
-        floor_weights = np.exp((floors - shift) * scales)
+        floor_weights = np.exp(np.minimum((floors - shift) * scales, 0.0))  # >= 1: nothing usable
         usable = (weights > floor_weights[:, None]).sum(axis=1)  # a prefix: the weights descend
         usable[np.isnan(masses) & (top.scales[:, 0] > 0.0)] = 0  # a mass that cannot be trusted
         # The first candidate is the argmax of an unedited row; an edited row's only above its floor.
@@ -158,18 +158,24 @@ def _edited_masses(
     masses: NDArray[np.float64],
     shift: NDArray[np.float64],
     scales: NDArray[np.float64],
-    edited_rows: NDArray[np.bool_],
+    certain: NDArray[np.bool_],
 ) -> NDArray[np.float64]:
     """Each edited row's mass relative to its new maximum `shift`: the raw mass, less the edited tokens'
-    raw weights, plus their new ones; NaN where the edits removed nearly all of it (the difference
-    would be imprecise) or where no mass was asked for."""
+    raw weights, plus their new ones, for the `certain` rows (edited, with a maximum above their floor;
+    NaN where no mass was asked for). Where the edits took nearly all of the raw mass the difference
+    would be imprecise: such a row is summed whole instead."""
     rows, scale = edited.rows, scales[edited.rows]
     removed = np.bincount(rows, np.exp((edited.raw - shift[rows]) * scale), minlength=masses.size)
     added = np.bincount(rows, np.exp((edited.values - shift[rows]) * scale), minlength=masses.size)
     raw = masses * np.exp((top.logits[:, 0] - shift) * scales)  # the raw mass at the new maximum
     kept = raw - removed
-    merged = np.where(kept < _CANCELLATION * raw, np.nan, kept + added)
-    result: NDArray[np.float64] = np.where(edited_rows, merged, masses)
+    result: NDArray[np.float64] = np.where(certain, kept + added, masses)
+    for row in np.flatnonzero(certain & (kept < _CANCELLATION * raw)).tolist():
+        buffer = np.empty(edited.logits.shape[1], np.float32)
+        scale2 = np.float32(scales[row] / math.log(2.0))  # weights_into's exp2 scale
+        result[row] = float(
+            stripe_sums(weights_into(edited[row], np.float32(shift[row]), scale2, buffer))[0].sum()
+        )
     return result
 
 

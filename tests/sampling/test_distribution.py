@@ -20,6 +20,7 @@ from service.sampling import (
     record_step,
     sample,
 )
+from service.sampling.columns import TokenValues
 from service.sampling.top import TopTokens
 from tests.sampling.columns import make_columns
 from tests.sampling.reference import assert_fits, filtered_softmax, reference_top_tokens, zipf_logits
@@ -175,3 +176,25 @@ def _assert_no_cut_near_a_boundary(row: NDArray[np.float32], params: dict[str, A
         kept = filtered_softmax(row, **{**params, "top_p": 1.0})
         running = np.cumsum(np.sort(kept)[::-1])
         assert np.abs(running - top_p).min() > 1e-3, "top_p sits on a cumulative boundary"
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_edits_that_remove_nearly_all_the_mass(head: int | None, top_p: float) -> None:
+    """A dominant token (99.9% of the mass) suppressed: the head's raw mass less its weight would be
+    imprecise, so the row is summed whole; the draws still follow the edited distribution."""
+    row = _small_row()
+    dominant = int(row.argmax())
+    row[dominant] += 9.0
+    rng = np.random.default_rng(4)
+    logits = np.broadcast_to(row, (DRAWS, row.size))
+    rows = np.arange(DRAWS)
+    suppressed = TokenValues(rows, np.full(DRAWS, dominant), np.zeros(DRAWS, np.float32))
+    columns = make_columns(DRAWS, uniform=rng.random(DRAWS), top_p=top_p, suppressed=suppressed)
+    top = None if head is None else _head_of_repeated_row(logits, columns, head)
+    tokens = sample(logits, columns, top=top).tokens
+    edited = row.astype(np.float64)
+    edited[dominant] = -np.inf
+    assert_fits(
+        np.bincount(tokens, minlength=row.size), filtered_softmax(edited, temperature=1.0, top_p=top_p)
+    )
