@@ -59,22 +59,16 @@ class TokenEdits:
 
 
 @dataclass(frozen=True)
-class SamplingColumns:
-    """One decode step's parameters for B rows. Float columns are float32 except top_p and uniform
-    (float64, compared with float64 running sums)."""
+class RowParameters:
+    """The dense per-row parameters of a batch: (B, 1) columns that stay the same while its sequences do
+    (build_columns keeps them across steps, with what is derived from them). Float columns are float32
+    except top_p (float64, compared with float64 running sums)."""
 
     temperature: FloatArray  # (B, 1); 0 = greedy
     top_k: IndexArray  # (B, 1); 0 = no limit
     top_p: NDArray[np.float64]  # (B, 1); 1 = off
     min_p: FloatArray  # (B, 1); 0 = off
     top_logprobs: IndexArray  # (B, 1); NO_LOGPROBS, or how many alternatives to report (0..20)
-    uniform: NDArray[np.float64]  # (B, 1); the row's draw in [0, 1), unused by greedy rows
-    edits: TokenEdits  # logit_bias and the penalties
-    suppressed: TokenValues  # values unused
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.temperature.shape[0])
 
     @cached_property
     def inverse_temperature(self) -> FloatArray:
@@ -89,11 +83,63 @@ class SamplingColumns:
         """(B, 2) float32: the scales at which the sampling head (top.py) computes each row's softmax
         normalisers, 0 where none is wanted. Column 0 is 1/T for the sampled rows that need their whole
         row's mass (untruncated, or top_p without top_k); column 1 is 1 for a row that reports logprobs."""
-        scales = np.zeros((self.batch_size, 2), np.float32)
+        scales = np.zeros((self.temperature.shape[0], 2), np.float32)
         whole_mass = (self.top_k[:, 0] == 0) & ((self.top_p[:, 0] < 1.0) | (self.min_p[:, 0] <= 0.0))
         scales[whole_mass, 0] = self.inverse_temperature[whole_mass]
         scales[self.top_logprobs[:, 0] != NO_LOGPROBS, 1] = 1.0
         return scales
+
+    def select(self, index: IndexArray) -> RowParameters:
+        return RowParameters(
+            self.temperature[index],
+            self.top_k[index],
+            self.top_p[index],
+            self.min_p[index],
+            self.top_logprobs[index],
+        )
+
+
+@dataclass(frozen=True)
+class SamplingColumns:
+    """One decode step's inputs for B rows: the rows' parameters, their draws and sparse token data."""
+
+    parameters: RowParameters
+    uniform: NDArray[np.float64]  # (B, 1); the row's draw in [0, 1), unused by greedy rows
+    edits: TokenEdits  # logit_bias and the penalties
+    suppressed: TokenValues  # values unused
+
+    # the parameters' columns and what derives from them, read through
+    @property
+    def temperature(self) -> FloatArray:
+        return self.parameters.temperature
+
+    @property
+    def top_k(self) -> IndexArray:
+        return self.parameters.top_k
+
+    @property
+    def top_p(self) -> NDArray[np.float64]:
+        return self.parameters.top_p
+
+    @property
+    def min_p(self) -> FloatArray:
+        return self.parameters.min_p
+
+    @property
+    def top_logprobs(self) -> IndexArray:
+        return self.parameters.top_logprobs
+
+    @property
+    def inverse_temperature(self) -> FloatArray:
+        return self.parameters.inverse_temperature
+
+    @property
+    def head_scales(self) -> FloatArray:
+        return self.parameters.head_scales
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.uniform.shape[0])
 
     def select(self, rows: Sequence[int]) -> SamplingColumns:
         """The columns of `rows` alone, renumbered 0..len(rows)-1, with the same draws (a retry after
@@ -101,17 +147,12 @@ class SamplingColumns:
         index = np.asarray(rows, np.int64)
         renumber = np.full(self.batch_size, -1, np.int64)
         renumber[index] = np.arange(index.size)
-
         kept = renumber.take(self.edits.rows) >= 0
         edits = self.edits
         blocked = renumber.take(self.suppressed.rows) >= 0
         suppressed = self.suppressed
         return SamplingColumns(
-            temperature=self.temperature[index],
-            top_k=self.top_k[index],
-            top_p=self.top_p[index],
-            min_p=self.min_p[index],
-            top_logprobs=self.top_logprobs[index],
+            parameters=self.parameters.select(index),
             uniform=self.uniform[index],
             edits=TokenEdits(
                 renumber.take(edits.rows[kept]),

@@ -9,6 +9,7 @@ as much as everything else a greedy row does.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 from service.sampling.columns import FloatArray, IndexArray, SamplingColumns, TokenEdits
 
@@ -25,6 +26,7 @@ class EditedRows:
         if not self.any:
             self.rows, self.tokens, self.values = edits.rows, edits.tokens, edits.bias
             self.raw = edits.bias
+            self.edited_rows: NDArray[np.bool_] = np.zeros(logits.shape[0], np.bool_)
             return
         batch, vocab = logits.shape
         self._buffer = np.empty(vocab, np.float32)
@@ -41,7 +43,9 @@ class EditedRows:
             rows, tokens, values = rows[order], tokens[order], values[order]
         self.rows, self.tokens, self.values = rows, tokens, values
         self.raw = _gather(logits, rows, tokens)
-        self._ends: list[int] = np.bincount(rows, minlength=batch).cumsum().tolist()
+        counts = np.bincount(rows, minlength=batch)
+        self.edited_rows = counts > 0
+        self._ends: list[int] = counts.cumsum().tolist()
 
     def _span(self, row: int) -> slice:
         return slice(self._ends[row - 1] if row else 0, self._ends[row])

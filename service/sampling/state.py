@@ -9,11 +9,19 @@ a sequence's logit_bias and penalties are entries (SequenceEdits) that a generat
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.sampling.columns import NO_LOGPROBS, IndexArray, SamplingColumns, TokenEdits, TokenValues
+from service.sampling.columns import (
+    NO_LOGPROBS,
+    IndexArray,
+    RowParameters,
+    SamplingColumns,
+    TokenEdits,
+    TokenValues,
+)
 from service.sampling.params import SamplingParams
 
 _EMPTY_IDS: IndexArray = np.empty(0, np.int64)
@@ -107,7 +115,7 @@ class SequenceSampling:
         self.edits = (
             SequenceEdits(params, prompt_ids) if params.needs_penalties or params.logit_bias else None
         )
-        self.column_values = (  # this sequence's row of the dense columns, in SamplingColumns order
+        self.column_values = (  # this sequence's row of the dense columns, in RowParameters order
             params.temperature,
             params.top_k or 0,
             params.top_p,
@@ -136,9 +144,8 @@ class SequenceSampling:
 
 def build_columns(sequences: Sequence[SequenceSampling]) -> SamplingColumns:
     """The columns for one step over `sequences` (row i = sequences[i]); draws each sampled row's
-    uniform. O(B) Python plus O(entries) numpy."""
-    batch = len(sequences)
-    table = np.array([s.column_values for s in sequences], dtype=np.float64).reshape(batch, 5)
+    uniform. O(B) Python plus O(entries) numpy; the dense parameters are reused while the batch's
+    sequences stay the same."""
     edited: list[tuple[int, SequenceEdits]] = []
     suppressed: list[tuple[int, IndexArray]] = []
     for row, sequence in enumerate(sequences):
@@ -148,14 +155,22 @@ def build_columns(sequences: Sequence[SequenceSampling]) -> SamplingColumns:
         if blocked.size:
             suppressed.append((row, blocked))
     return SamplingColumns(
+        parameters=_parameters(tuple(sequences)),
+        uniform=np.array([s.draw() for s in sequences], np.float64).reshape(len(sequences), 1),
+        edits=_edits(edited),
+        suppressed=_suppressed(suppressed),
+    )
+
+
+@lru_cache(maxsize=1)  # a batch keeps its sequences for many steps (held here until the next batch)
+def _parameters(sequences: tuple[SequenceSampling, ...]) -> RowParameters:
+    table = np.array([s.column_values for s in sequences], dtype=np.float64).reshape(len(sequences), 5)
+    return RowParameters(
         temperature=table[:, 0:1].astype(np.float32),
         top_k=table[:, 1:2].astype(np.int64),
         top_p=table[:, 2:3].copy(),
         min_p=table[:, 3:4].astype(np.float32),
         top_logprobs=table[:, 4:5].astype(np.int64),
-        uniform=np.array([s.draw() for s in sequences], np.float64).reshape(batch, 1),
-        edits=_edits(edited),
-        suppressed=_suppressed(suppressed),
     )
 
 

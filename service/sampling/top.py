@@ -77,16 +77,15 @@ class CandidateDraws:
     certain to be the top of the row."""
 
     def __init__(self, top: TopTokens, inverse: FloatArray, edited: EditedRows) -> None:
-        batch = top.ids.shape[0]
         if not edited.any and not inverse.any():  # every row greedy and unedited: the first candidates
             self.greedy: list[int | None] = top.ids[:, 0].tolist()
             return
         # Greedy rows draw nothing: scale 1 keeps their -inf pads at weight 0 rather than NaN (-inf · 0).
         scales = np.where(inverse > 0.0, inverse, np.float32(1.0)).astype(np.float64)
         floors, masses = top.logits[:, -1], np.where(top.scales[:, 0] > 0.0, top.masses[:, 0], np.nan)
-        ids, logits, edited_rows = top.ids, top.logits, np.zeros(batch, np.bool_)
+        ids, logits, edited_rows = top.ids, top.logits, edited.edited_rows
         if edited.any:
-            ids, logits, edited_rows = _merge_edits(top, edited, floors)
+            ids, logits = _merge_edits(top, edited, floors)
         maxima = logits[:, 0]
         shift = np.where(np.isfinite(maxima), maxima, np.float32(0.0)).astype(np.float64)  # no inf - inf
         if edited.any:
@@ -94,7 +93,6 @@ class CandidateDraws:
         weights = np.exp((logits - shift[:, None]) * scales[:, None])
         floor_weights = np.exp(np.minimum((floors - shift) * scales, 0.0))  # >= 1: nothing usable
         usable = (weights > floor_weights[:, None]).sum(axis=1)  # a prefix: the weights descend
-        usable[np.isnan(masses) & (top.scales[:, 0] > 0.0)] = 0  # a mass that cannot be trusted
         # The first candidate is the argmax of an unedited row; an edited row's only above its floor.
         certain = (maxima > floors) | ~edited_rows
         self.greedy = [
@@ -125,15 +123,14 @@ class CandidateDraws:
         )
 
 
-def _merge_edits(
-    top: TopTokens, edited: EditedRows, floors: FloatArray
-) -> tuple[IndexArray, FloatArray, NDArray[np.bool_]]:
+def _merge_edits(top: TopTokens, edited: EditedRows, floors: FloatArray) -> tuple[IndexArray, FloatArray]:
     """(ids, logits) of every row's candidates with its edits merged, sorted (logit descending, id
-    ascending), and which rows have edits. The edited candidates leave (-inf: sorted last) and the
+    ascending). The edited candidates leave (-inf: sorted last) and the
     edited tokens above the floor join in extra columns."""
     batch, vocab = top.ids.shape[0], edited.logits.shape[1]
     rows, tokens, values = edited.rows, edited.tokens, edited.values
-    keys = np.arange(batch)[:, None] * vocab + top.ids  # a pad (id -1) is -inf whatever it matches
+    row_index = np.arange(batch)[:, None]
+    keys = row_index * vocab + top.ids  # a pad (id -1) is -inf whatever it matches
     edited_keys = np.sort(rows * vocab + tokens)  # np.isin hashes both sides: 30x slower at this size
     found = edited_keys.take(np.minimum(edited_keys.searchsorted(keys), edited_keys.size - 1)) == keys
     logits = np.where(found, np.float32(-np.inf), top.logits)
@@ -148,8 +145,7 @@ def _merge_edits(
         ids = np.concatenate([ids, extra_ids], axis=1)
         logits = np.concatenate([logits, extra_logits], axis=1)
     order = np.lexsort((ids, -logits), axis=1)
-    edited_rows: NDArray[np.bool_] = np.bincount(rows, minlength=batch) > 0
-    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(logits, order, axis=1), edited_rows
+    return ids[row_index, order], logits[row_index, order]
 
 
 def _edited_masses(

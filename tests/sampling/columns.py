@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.sampling.columns import NO_LOGPROBS, SamplingColumns, TokenEdits, TokenValues
+from service.sampling.columns import NO_LOGPROBS, RowParameters, SamplingColumns, TokenEdits, TokenValues
 
 
 def make_columns(
@@ -32,11 +32,13 @@ def make_columns(
         return np.broadcast_to(np.asarray(value, dtype=dtype).reshape(-1, 1), (batch, 1)).copy()
 
     return SamplingColumns(
-        temperature=column(temperature, np.float32),
-        top_k=column(top_k, np.int64),
-        top_p=column(top_p, np.float64),
-        min_p=column(min_p, np.float32),
-        top_logprobs=column(top_logprobs, np.int64),
+        parameters=RowParameters(
+            temperature=column(temperature, np.float32),
+            top_k=column(top_k, np.int64),
+            top_p=column(top_p, np.float64),
+            min_p=column(min_p, np.float32),
+            top_logprobs=column(top_logprobs, np.int64),
+        ),
         uniform=(np.zeros((batch, 1)) if uniform is None else uniform.reshape(batch, 1)),
         edits=token_edits(
             logit_bias or TokenValues.empty(),
