@@ -14,8 +14,13 @@ that no row uses is skipped. The steps, in order:
 5-7. top_k, top_p, min_p: the kept set, found without sorting the vocabulary (see draw.py).
 8. sample: inverse CDF with the row's uniform draw.
 
+With the decode graph's sampling head (`top`, see top.py) the steps run on each row's 64 most likely
+tokens and its softmax normaliser instead of its 49152 logits; a row reads its logits only when a cut
+or a draw reaches past those candidates.
+
 The draws come from each request's own seeded generator (see state.py), and every step works on one row
-alone, so a seeded request gets the same tokens whatever else is in the batch and in whatever row order.
+(or its candidates) alone, so a seeded request gets the same tokens whatever else is in the batch and in
+whatever row order.
 
 Logprobs are those of the model's raw distribution, log_softmax(logits) before any of the steps above,
 as OpenAI reports them and vLLM does by default: they say how likely the model found the token, not how

@@ -12,12 +12,12 @@ the row, and most rows are decided on them:
 - top_k / top_p / min_p: draw.kept_threshold on the candidates' weights, when they can prove the cut;
 - logprobs: the normaliser at scale 1, the top alternatives from the candidates.
 A row with edits (logit_bias, penalties, suppression: sparse writes) is decided the same way on its raw
-candidates merged with its edited tokens (EditedCandidates); its mass is the raw mass corrected by the
-edited tokens' change.
-A row the candidates cannot decide (a cut below them, a tail draw, edits that remove nearly all the
-mass) reads its whole row, as without the head. The kept set is exact either way; the draw order
-(descending weight among the candidates, then token ids) differs from the whole-row path's (token
-ids), so a seeded request gives its tokens for the configuration it runs in, as its logits are.
+candidates merged with its edited tokens (CandidateDraws); its mass is the raw mass corrected by the
+edited tokens' change, or its edited row summed where the edits took nearly all of it.
+A row the candidates cannot decide (a cut below them, a tail draw) reads its whole row, as without the
+head. The kept set is exact either way; the draw order (descending weight among the candidates, then
+token ids) differs from the whole-row path's (token ids), so a seeded request gives its tokens for the
+configuration it runs in, as its logits are.
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ class CandidateDraws:
 
 def _merge_edits(top: TopTokens, edited: EditedRows, floors: FloatArray) -> tuple[IndexArray, FloatArray]:
     """(ids, logits) of every row's candidates with its edits merged, sorted (logit descending, id
-    ascending). The edited candidates leave (-inf: sorted last) and the
-    edited tokens above the floor join in extra columns."""
+    ascending): the edited candidates leave (-inf, sorted last), the edited tokens above the floor join
+    in extra columns."""
     batch, vocab = top.ids.shape[0], edited.logits.shape[1]
     rows, tokens, values = edited.rows, edited.tokens, edited.values
     row_index = np.arange(batch)[:, None]

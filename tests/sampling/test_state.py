@@ -192,3 +192,17 @@ def test_a_different_seed_gives_different_tokens() -> None:
         sequence = _sequence(SamplingParams(seed=seed))
         runs.append([int(sample(logits, build_columns([sequence])).tokens[0]) for _ in range(8)])
     assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_columns_follow_the_batch_when_its_sequences_change() -> None:
+    """The dense parameters are kept while the batch's sequences stay the same, and only then."""
+    cold, warm = (
+        _sequence(SamplingParams(temperature=0.2)),
+        _sequence(SamplingParams(temperature=1.5, top_k=7)),
+    )
+    first = build_columns([cold, warm])
+    assert build_columns([cold, warm]).parameters is first.parameters
+    swapped = build_columns([warm, cold])
+    assert swapped.temperature[:, 0].tolist() == pytest.approx([1.5, 0.2])
+    assert swapped.top_k[:, 0].tolist() == [7, 0]
+    assert build_columns([warm]).head_scales.tolist() == [[0.0, 0.0]]  # top_k: no whole-row mass needed
