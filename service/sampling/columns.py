@@ -79,6 +79,16 @@ class RowParameters:
         return inverse
 
     @cached_property
+    def draw_scales(self) -> NDArray[np.float64]:
+        """(B,) float64 1/T, and 1 for greedy rows: the candidates' weights are e^((x - max) · scale)
+        (a greedy row's are never drawn from; 1 keeps its -inf pads at weight 0 rather than NaN)."""
+        sampled = self.temperature[:, 0] > 0.0
+        scales: NDArray[np.float64] = np.where(sampled, self.inverse_temperature, np.float32(1.0)).astype(
+            np.float64
+        )
+        return scales
+
+    @cached_property
     def head_scales(self) -> FloatArray:
         """(B, 2) float32: the scales at which the sampling head (top.py) computes each row's softmax
         normalisers, 0 where none is wanted. Column 0 is 1/T for the sampled rows that need their whole
@@ -136,6 +146,10 @@ class SamplingColumns:
     @property
     def head_scales(self) -> FloatArray:
         return self.parameters.head_scales
+
+    @property
+    def draw_scales(self) -> NDArray[np.float64]:
+        return self.parameters.draw_scales
 
     @property
     def batch_size(self) -> int:

@@ -30,7 +30,8 @@ class EditedRows:
             return
         batch, vocab = logits.shape
         self._buffer = np.empty(vocab, np.float32)
-        values = _edited(_gather(logits, edits.rows, edits.tokens), edits)
+        raw = _gather(logits, edits.rows, edits.tokens)
+        values = _edited(raw, edits)
         rows, tokens = edits.rows, edits.tokens
         if len(suppressed):  # -inf wins over a bias or penalty of the same (row, token): it comes first
             rows = np.concatenate([suppressed.rows, rows])
@@ -38,11 +39,11 @@ class EditedRows:
             values = np.concatenate([np.full(len(suppressed), -np.inf, np.float32), values])
             _, first = np.unique(rows * vocab + tokens, return_index=True)
             rows, tokens, values = rows[first], tokens[first], values[first]
+            raw = _gather(logits, rows, tokens)
         elif rows.size > 1 and (rows[1:] < rows[:-1]).any():  # build_columns emits them in row order
             order = rows.argsort(kind="stable")
-            rows, tokens, values = rows[order], tokens[order], values[order]
-        self.rows, self.tokens, self.values = rows, tokens, values
-        self.raw = _gather(logits, rows, tokens)
+            rows, tokens, values, raw = rows[order], tokens[order], values[order], raw[order]
+        self.rows, self.tokens, self.values, self.raw = rows, tokens, values, raw
         counts = np.bincount(rows, minlength=batch)
         self.edited_rows = counts > 0
         self._ends: list[int] = counts.cumsum().tolist()

@@ -108,7 +108,7 @@ def _sample_rows(
     )
     failed: list[int] = []
     if top is not None:
-        candidates = CandidateDraws(top, columns.inverse_temperature, edited)
+        candidates = CandidateDraws(top, columns, edited)
         finite = (~np.isnan(top.masses[:, 0]) & np.isfinite(top.logits[:, 0])).tolist()
     for row, (temperature, top_k, top_p, min_p, uniform) in enumerate(parameters):
         tail: TailDraw | None = None

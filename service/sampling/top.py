@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from service.sampling.columns import FloatArray, IndexArray, TokenLogprobs
+from service.sampling.columns import FloatArray, IndexArray, SamplingColumns, TokenLogprobs
 from service.sampling.draw import kept_threshold, stripe_sums, weights_into
 from service.sampling.edits import EditedRows
 
@@ -70,18 +70,17 @@ class CandidateDraws:
     """Every row's candidates as the sampler decides on them, computed for the batch at once: the head's
     candidates, and for an edited row those merged with its edited tokens (the unedited candidates keep
     their logits, an edited token joins with its new logit when that is above the row's floor); their
-    weights e^((x - max)/T) at each row's 1/T (`inverse`, 0 for greedy rows), running sums, and the
+    weights e^((x - max)/T) at each row's 1/T (SamplingColumns.draw_scales), running sums, and the
     row's mass at 1/T where head_scales asked for it (an edited row's: the raw mass less its edited
     tokens' raw weights plus their new ones). Every token outside a row's candidates has a logit at
     most the row's floor, the K-th raw candidate's (none is edited), so only candidates above it are
     certain to be the top of the row."""
 
-    def __init__(self, top: TopTokens, inverse: FloatArray, edited: EditedRows) -> None:
-        if not edited.any and not inverse.any():  # every row greedy and unedited: the first candidates
+    def __init__(self, top: TopTokens, columns: SamplingColumns, edited: EditedRows) -> None:
+        if not edited.any and not columns.inverse_temperature.any():  # all greedy, unedited: first candidates
             self.greedy: list[int | None] = top.ids[:, 0].tolist()
             return
-        # Greedy rows draw nothing: scale 1 keeps their -inf pads at weight 0 rather than NaN (-inf · 0).
-        scales = np.where(inverse > 0.0, inverse, np.float32(1.0)).astype(np.float64)
+        scales = columns.draw_scales
         floors, masses = top.logits[:, -1], np.where(top.scales[:, 0] > 0.0, top.masses[:, 0], np.nan)
         ids, logits, edited_rows = top.ids, top.logits, edited.edited_rows
         if edited.any:
