@@ -57,7 +57,7 @@ from service.sampling.draw import (
 from service.sampling.top import TOP_TOKENS, TopTokens
 
 VOCAB = 49152
-DECODE_STEP_MS = 13.3  # the int4 graph's batch-8 decode step (bench/results/latest.md, 2026-11-22)
+DECODE_STEP_MS = 12.8  # the int4 graph's batch-8 decode step (bench/results/latest.md, 2026-11-22 07:58)
 BENCH_MIXES = ("greedy", "temperature 0.8", "top_p 0.9", "mixed")  # what `make bench` reports
 PROMPT_TOKENS = 300
 
