@@ -114,7 +114,8 @@ class ModelRunner:
         self._prefill_bindings: dict[int, ort.IOBinding] = {}
         self._prefill_logits = np.zeros((1, 1, self.vocab_size), dtype=np.float32)
         batch = options.max_batch
-        self._scales = np.zeros((batch, 2), np.float32)  # the last decode's head scales
+        self._no_scales = np.zeros((batch, 2), np.float32)  # a decode without scales: candidates only
+        self._scales: np.ndarray = self._no_scales  # the last decode's head scales
         self._top_ids = np.zeros((batch, TOP_TOKENS), np.int64)
         self._top_logits = np.zeros((batch, TOP_TOKENS), np.float32)
         self._masses = np.zeros((batch, 2), np.float64)
@@ -296,9 +297,11 @@ class ModelRunner:
             )
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(n, 1)
         seqlens = np.ascontiguousarray(cached, dtype=np.int32)  # tokens after this step − 1
-        head = self._scales[:n]
-        head[:] = 0.0 if scales is None else scales
-        self._run(self.decode_session, self._decode_binding(n), ids, seqlens, int(cached.max()) + 1, head)
+        # kept as given, so that TopTokens.scales is the caller's array (the sampler checks it by identity)
+        self._scales = self._no_scales[:n] if scales is None else np.ascontiguousarray(scales, np.float32)
+        self._run(
+            self.decode_session, self._decode_binding(n), ids, seqlens, int(cached.max()) + 1, self._scales
+        )
         logits: np.ndarray = self._logits[:n, 0]
         return logits
 
@@ -307,4 +310,4 @@ class ModelRunner:
         None without Parley's kernels."""
         if not self.sampling_head:
             return None
-        return TopTokens(self._scales[:n], self._top_ids[:n], self._top_logits[:n], self._masses[:n])
+        return TopTokens(self._scales, self._top_ids[:n], self._top_logits[:n], self._masses[:n])

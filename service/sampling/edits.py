@@ -51,14 +51,8 @@ class EditedRows:
     def _span(self, row: int) -> slice:
         return slice(self._ends[row - 1] if row else 0, self._ends[row])
 
-    def is_edited(self, row: int) -> bool:
-        if not self.any:
-            return False
-        span = self._span(row)
-        return bool(span.stop > span.start)
-
     def __getitem__(self, row: int) -> FloatArray:
-        if not self.is_edited(row):
+        if not self.edited_rows[row]:
             view: FloatArray = self.logits[row]
             return view
         span = self._span(row)

@@ -78,7 +78,11 @@ def sample(
     """
     if logits.ndim != 2 or logits.shape[0] != columns.batch_size:
         raise ValueError(f"logits must be (B={columns.batch_size}, V), got {logits.shape}")
-    if top is not None and not np.array_equal(top.scales, columns.head_scales):
+    if (
+        top is not None
+        and top.scales is not columns.head_scales
+        and not np.array_equal(top.scales, columns.head_scales)
+    ):
         raise ValueError("the sampling head ran at other scales than these columns need (head_scales)")
     edited = EditedRows(logits, columns)
     temperature = columns.temperature[:, 0]
