@@ -178,9 +178,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             progress("profiling one decode step")
             results["profile"] = {  # batch 8 at the mixed parameters: the sampling head's share below
                 "1": profile_decode(args.model_dir, 1, 256, args.threads),
-                "8": profile_decode(
-                    args.model_dir, 8, 256, args.threads, sampler_bench.mix_scales("mixed", 8)
-                ),
+                "8": profile_decode(args.model_dir, 8, 256, args.threads, sampler_bench.mix_head("mixed", 8)),
             }
             progress("timing the sampler at batch 8")
             results["sampler"] = sampler_bench.per_step_ms(batch=8)

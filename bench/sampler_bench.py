@@ -1,7 +1,7 @@
 """Sampler cost per decode step: `python -m bench.sampler_bench [--steps N] [--batch 1 8 16] [--logits F]`.
 
 Times what the engine's Python pays per step for sampling — build_columns (per-sequence state to
-columns, with the seeded draws, and the sampling head's scales), sample (the pure sampler) and
+columns, with the seeded draws, and the sampling head's scales and edits), sample (the pure sampler) and
 record_step — at batch 1, 8 and 16 over the default model's vocabulary (49152), for several parameter
 mixes. The sampler decides on the outputs of the decode graph's SamplingHead, computed here by the op
 alone in ONNX Runtime, untimed: the op runs inside the graph, and `make bench` takes its time from the
@@ -36,6 +36,9 @@ from onnx import TensorProto, helper
 
 from service.engine import kernels
 from service.engine.kernels.fusion import (
+    EDIT_FACTORS,
+    EDIT_ROWS,
+    EDIT_TOKENS,
     SAMPLING_MASSES,
     SAMPLING_SCALES,
     TOP_IDS,
@@ -43,7 +46,7 @@ from service.engine.kernels.fusion import (
     add_sampling_head,
 )
 from service.engine.runner import available_cores
-from service.sampling import SamplingParams, SequenceSampling, build_columns, record_step, sample
+from service.sampling import HeadInputs, SamplingParams, SequenceSampling, build_columns, record_step, sample
 from service.sampling.draw import (
     CANDIDATE_LEVELS,
     Candidates,
@@ -123,11 +126,14 @@ class SamplingHead:
         built = kernels.library()
         return SamplingHead(built, batch) if built is not None and kernels.fast_quant_linear(built) else None
 
-    def __call__(self, logits: NDArray[np.float32], scales: NDArray[np.float32]) -> TopTokens:
+    def __call__(self, logits: NDArray[np.float32], inputs: HeadInputs) -> TopTokens:
         self.binding.bind_cpu_input("logits", np.ascontiguousarray(logits).reshape(logits.shape[0], 1, -1))
-        self.binding.bind_cpu_input(SAMPLING_SCALES, scales)
+        self.binding.bind_cpu_input(SAMPLING_SCALES, inputs.scales)
+        self.binding.bind_cpu_input(EDIT_ROWS, inputs.edits.rows)
+        self.binding.bind_cpu_input(EDIT_TOKENS, inputs.edits.tokens)
+        self.binding.bind_cpu_input(EDIT_FACTORS, inputs.edits.factors)
         self.session.run_with_iobinding(self.binding)
-        return TopTokens(scales, self.ids, self.top, self.masses)
+        return TopTokens(inputs, self.ids, self.top, self.masses)
 
 
 def _sequences(make: Callable[[int], SamplingParams], batch: int) -> list[SequenceSampling]:
@@ -142,9 +148,9 @@ def _sequences(make: Callable[[int], SamplingParams], batch: int) -> list[Sequen
     ]
 
 
-def mix_scales(name: str, batch: int) -> NDArray[np.float32]:
-    """The sampling head's scales for a batch of the mix `name` (what its decode steps run with)."""
-    return build_columns(_sequences(MIXES[name], batch)).head_scales
+def mix_head(name: str, batch: int) -> HeadInputs:
+    """The sampling head's inputs for a batch of the mix `name` (what its first decode step runs with)."""
+    return build_columns(_sequences(MIXES[name], batch)).head
 
 
 def bench_mix(
@@ -164,9 +170,8 @@ def bench_mix(
         logits = np.ascontiguousarray(pool[(np.arange(batch) + step * batch) % pool.shape[0]])
         started = time.perf_counter()
         columns = build_columns(sequences)
-        scales = columns.head_scales
         before_head = time.perf_counter()
-        top = None if head is None else head(logits, scales)
+        top = None if head is None else head(logits, columns.head)
         head_s = time.perf_counter() - before_head if head is not None and not time_head else 0.0
         sampled = time.perf_counter()
         tokens = sample(logits, columns, top=top).tokens

@@ -28,6 +28,7 @@ from models.card import GraphIO, ModelCard, load_card
 from service.engine.kv_cache import KVShape
 from service.engine.runner import DEFAULT_RUNNER_OPTIONS, RunnerOptions
 from service.errors import EngineFailure, ModelError
+from service.sampling.columns import HeadInputs
 from service.sampling.top import TopTokens
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,8 @@ class CudaModelRunner:
         logits: np.ndarray = binding.copy_outputs_to_cpu()[0][0, 0]
         return logits
 
-    def decode(self, tokens: np.ndarray, cached: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
-        """As ModelRunner.decode; this graph has no sampling head (its op is CPU-only), so `scales` is
+    def decode(self, tokens: np.ndarray, cached: np.ndarray, head: HeadInputs | None = None) -> np.ndarray:
+        """As ModelRunner.decode; this graph has no sampling head (its op is CPU-only), so `head` is
         unused and top_tokens is None: the sampler reads the logits."""
         n = len(tokens)
         if int(cached.max()) >= self.capacity - 1:

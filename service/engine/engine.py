@@ -313,7 +313,7 @@ class Engine:
         cached = np.array([c.n_cached for c in rows], dtype=np.int32)
         columns = build_columns([c.sampling for c in rows])  # before the run: it sets the sampling head
         try:
-            logits = self.runner.decode(tokens, cached, columns.head_scales)
+            logits = self.runner.decode(tokens, cached, columns.head)
             self._failures = 0
         except EngineFailure as exc:
             self._record_failure(exc)
@@ -339,7 +339,8 @@ class Engine:
             if not keep:
                 return
             choices, samplings = [choices[i] for i in keep], [samplings[i] for i in keep]
-            result = sample(logits[keep], columns.select(keep), top=None if top is None else top.select(keep))
+            kept = columns.select(keep)
+            result = sample(logits[keep], kept, top=None if top is None else top.select(keep, kept.head))
         record_step(samplings, result.tokens)
         for choice, token, logprobs in zip(choices, result.tokens.tolist(), result.logprobs, strict=True):
             if not choice.finished:

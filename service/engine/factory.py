@@ -10,6 +10,7 @@ import numpy as np
 from models.card import ModelCard, load_card
 from service.engine.kv_cache import KVShape
 from service.engine.runner import DEFAULT_RUNNER_OPTIONS, ModelRunner, RunnerOptions, cuda_available
+from service.sampling.columns import HeadInputs
 from service.sampling.top import TopTokens
 
 
@@ -31,7 +32,7 @@ class Runner(Protocol):
 
     def prefill(self, slot: int, tokens: np.ndarray, start: int) -> np.ndarray: ...
     def decode(
-        self, tokens: np.ndarray, cached: np.ndarray, scales: np.ndarray | None = None
+        self, tokens: np.ndarray, cached: np.ndarray, head: HeadInputs | None = None
     ) -> np.ndarray: ...
     def top_tokens(self, n: int) -> TopTokens | None: ...
 

@@ -3,9 +3,9 @@
 Two calls, both synchronous and meant for the engine's own thread:
 - `prefill(slot, tokens, start)`: run tokens [start, start + len) of one sequence as a batch of one on
   that slot's rows; returns the logits of its last token.
-- `decode(tokens, cached, scales)`: one new token for each of slots 0..n-1 in a single run; returns [n, V]
-  logits. With Parley's kernels the run also fills the sampling head's outputs at `scales`
-  (service/sampling/top.py), read with `top_tokens(n)`.
+- `decode(tokens, cached, head)`: one new token for each of slots 0..n-1 in a single run; returns [n, V]
+  logits. With Parley's kernels the run also fills the sampling head's outputs for `head`
+  (SamplingColumns.head, service/sampling/top.py), read with `top_tokens(n)`.
 
 The graph writes new K/V rows straight into the cache: every past input is bound to the same memory as
 its present output (DESIGN.md §4), so no step copies the cache.
@@ -27,6 +27,9 @@ from models.card import ModelCard, load_card
 from service.engine import kernels
 from service.engine.kernels import KernelMode
 from service.engine.kernels.fusion import (
+    EDIT_FACTORS,
+    EDIT_ROWS,
+    EDIT_TOKENS,
     FUSED_CACHE_DTYPE,
     SAMPLING_MASSES,
     SAMPLING_SCALES,
@@ -38,6 +41,7 @@ from service.engine.kernels.fusion import (
 )
 from service.engine.kv_cache import Device, KVCache, KVShape
 from service.errors import EngineFailure, ModelError
+from service.sampling.columns import HeadInputs, TokenEdits
 from service.sampling.top import TOP_TOKENS, TopTokens
 
 log = logging.getLogger(__name__)
@@ -114,13 +118,12 @@ class ModelRunner:
         self._prefill_bindings: dict[int, ort.IOBinding] = {}
         self._prefill_logits = np.zeros((1, 1, self.vocab_size), dtype=np.float32)
         batch = options.max_batch
-        self._no_scales = np.zeros((batch, 2), np.float32)  # a decode without scales: candidates only
-        self._scales: np.ndarray = self._no_scales  # the last decode's head scales
+        self._head: HeadInputs | None = None  # the last decode's head inputs
         self._top_ids = np.zeros((batch, TOP_TOKENS), np.int64)
         self._top_logits = np.zeros((batch, TOP_TOKENS), np.float32)
         self._masses = np.zeros((batch, 2), np.float64)
-        self._prefill_head = (  # the head's outputs of a prefill run: unused (its row is never sampled)
-            np.zeros((1, 2), np.float32),
+        self._prefill_inputs = _candidates_only(1)  # a prefill's head: unused (its row is never sampled)
+        self._prefill_head = (  # the head's outputs of a prefill run
             np.zeros((1, TOP_TOKENS), np.int64),
             np.zeros((1, TOP_TOKENS), np.float32),
             np.zeros((1, 2), np.float64),
@@ -241,7 +244,7 @@ class ModelRunner:
                 self._prefill_logits.ctypes.data,
             )
             if self.sampling_head:
-                self._bind_head_outputs(binding, *self._prefill_head[1:])
+                self._bind_head_outputs(binding, *self._prefill_head)
             self._prefill_bindings[slot] = binding
         return binding
 
@@ -259,11 +262,14 @@ class ModelRunner:
         input_ids: np.ndarray,
         seqlens_k: np.ndarray,
         total: int,
-        scales: np.ndarray,
+        head: HeadInputs,
     ) -> None:
         io = self.card.graph
         if self.sampling_head:
-            binding.bind_cpu_input(SAMPLING_SCALES, scales)
+            binding.bind_cpu_input(SAMPLING_SCALES, head.scales)
+            binding.bind_cpu_input(EDIT_ROWS, head.edits.rows)
+            binding.bind_cpu_input(EDIT_TOKENS, head.edits.tokens)
+            binding.bind_cpu_input(EDIT_FACTORS, head.edits.factors)
         binding.bind_cpu_input(io.input_ids, input_ids)
         binding.bind_cpu_input(io.seqlens_k, seqlens_k)
         binding.bind_cpu_input(io.total_sequence_length, np.array(total, dtype=np.int32))
@@ -282,14 +288,14 @@ class ModelRunner:
             raise EngineFailure(f"prefill of {count} tokens at {start} on slot {slot} does not fit the cache")
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(1, count)
         seqlens = np.array([end - 1], dtype=np.int32)
-        self._run(self.session, self._prefill_binding(slot), ids, seqlens, end, self._prefill_head[0])
+        self._run(self.session, self._prefill_binding(slot), ids, seqlens, end, self._prefill_inputs)
         logits: np.ndarray = self._prefill_logits[0, 0]
         return logits
 
-    def decode(self, tokens: np.ndarray, cached: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, tokens: np.ndarray, cached: np.ndarray, head: HeadInputs | None = None) -> np.ndarray:
         """One token per slot 0..n-1; `cached[r]` = tokens already in slot r's cache. Returns [n, V]
-        logits (a view valid until the next decode). `scales` [n, 2]: the sampling head's
-        (SamplingColumns.head_scales; None: candidates only)."""
+        logits (a view valid until the next decode). `head`: the sampling head's inputs
+        (SamplingColumns.head; None: the raw rows' candidates only)."""
         n = len(tokens)
         if not 0 < n <= self.kv_shape.max_batch or int(cached.max()) >= self.kv_shape.capacity:
             raise EngineFailure(
@@ -297,10 +303,9 @@ class ModelRunner:
             )
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(n, 1)
         seqlens = np.ascontiguousarray(cached, dtype=np.int32)  # tokens after this step − 1
-        # kept as given, so that TopTokens.scales is the caller's array (the sampler checks it by identity)
-        self._scales = self._no_scales[:n] if scales is None else np.ascontiguousarray(scales, np.float32)
+        self._head = _candidates_only(n) if head is None else head  # TopTokens.inputs: the sampler checks it
         self._run(
-            self.decode_session, self._decode_binding(n), ids, seqlens, int(cached.max()) + 1, self._scales
+            self.decode_session, self._decode_binding(n), ids, seqlens, int(cached.max()) + 1, self._head
         )
         logits: np.ndarray = self._logits[:n, 0]
         return logits
@@ -308,6 +313,11 @@ class ModelRunner:
     def top_tokens(self, n: int) -> TopTokens | None:
         """The sampling head's outputs for the last decode of n rows (views valid until the next decode);
         None without Parley's kernels."""
-        if not self.sampling_head:
+        if not self.sampling_head or self._head is None:
             return None
-        return TopTokens(self._scales, self._top_ids[:n], self._top_logits[:n], self._masses[:n])
+        return TopTokens(self._head, self._top_ids[:n], self._top_logits[:n], self._masses[:n])
+
+
+def _candidates_only(rows: int) -> HeadInputs:
+    """Head inputs that ask for each raw row's candidates and no normaliser."""
+    return HeadInputs(np.zeros((rows, 2), np.float32), TokenEdits.empty())

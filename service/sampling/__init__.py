@@ -3,12 +3,13 @@
 Plain numpy, no gRPC. See sampler.py for the steps and their order.
 """
 
-from service.sampling.columns import SampledTokens, SamplingColumns, TokenEdits, TokenLogprobs, TokenValues
+from service.sampling.columns import HeadInputs, SampledTokens, SamplingColumns, TokenEdits, TokenLogprobs
 from service.sampling.params import SamplingParams
 from service.sampling.sampler import NonFiniteLogits, sample
 from service.sampling.state import SequenceEdits, SequenceSampling, build_columns, record_step
 
 __all__ = [
+    "HeadInputs",
     "NonFiniteLogits",
     "SampledTokens",
     "SamplingColumns",
@@ -17,7 +18,6 @@ __all__ = [
     "SequenceSampling",
     "TokenEdits",
     "TokenLogprobs",
-    "TokenValues",
     "build_columns",
     "record_step",
     "sample",

@@ -19,43 +19,50 @@ NO_LOGPROBS = -1  # top_logprobs column value of a row that asked for no logprob
 
 
 @dataclass(frozen=True)
-class TokenValues:
-    """Sparse per-row token data: row rows[i] has value values[i] for token tokens[i]. A (row, token)
-    pair appears at most once."""
-
-    rows: IndexArray
-    tokens: IndexArray
-    values: FloatArray
-
-    @staticmethod
-    def empty() -> TokenValues:
-        return TokenValues(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
-
-    def __len__(self) -> int:
-        return int(self.rows.size)
-
-
-@dataclass(frozen=True)
 class TokenEdits:
-    """Steps 1-2 of the sampler as one entry per (row, token) that has a logit_bias or a penalty: the
-    token's logit x becomes v = x + bias, then v / divisor if v > 0 else v · divisor, then v - subtract.
-    divisor is the row's repetition_penalty for a token in its history (prompt and generated tokens),
-    else 1; subtract is frequency_penalty · count + presence_penalty · (count > 0), count the times the
-    token was generated. A (row, token) pair appears at most once."""
+    """Steps 1-3 of the sampler as one entry per (row, token) that has a logit_bias, a penalty or a
+    suppression: the token's logit x becomes v = x + bias, then v / divisor if v > 0 else v · divisor,
+    then v - subtract. divisor is the row's repetition_penalty for a token in its history (prompt and
+    generated tokens), else 1; subtract is frequency_penalty · count + presence_penalty · (count > 0),
+    count the times the token was generated; a suppressed token's bias is -inf (so v is -inf for any
+    finite x). Rows ascend, and a (row, token) pair appears at most once: the sampling head applies the
+    entries as they are (service/engine/kernels/parley_ops.c)."""
 
     rows: IndexArray
     tokens: IndexArray
-    bias: FloatArray
-    divisor: FloatArray
-    subtract: FloatArray
+    factors: FloatArray  # (E, 3): bias, divisor, subtract
 
     @staticmethod
     def empty() -> TokenEdits:
-        ids, values = np.empty(0, np.int64), np.empty(0, np.float32)
-        return TokenEdits(ids, ids, values, values, values)
+        return TokenEdits(np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 3), np.float32))
 
     def __len__(self) -> int:
         return int(self.rows.size)
+
+    @property
+    def bias(self) -> FloatArray:
+        return self.factors[:, 0]
+
+    @property
+    def divisor(self) -> FloatArray:
+        return self.factors[:, 1]
+
+    @property
+    def subtract(self) -> FloatArray:
+        return self.factors[:, 2]
+
+    def row(self, row: int) -> slice:
+        """The span of row `row`'s entries."""
+        return slice(int(self.rows.searchsorted(row, "left")), int(self.rows.searchsorted(row, "right")))
+
+
+@dataclass(frozen=True)
+class HeadInputs:
+    """What the decode graph's sampling head needs besides the logits (service/sampling/top.py):
+    the rows' softmax scales (RowParameters.head_scales) and their edits, applied before it looks."""
+
+    scales: FloatArray  # (B, 2)
+    edits: TokenEdits
 
 
 @dataclass(frozen=True)
@@ -115,8 +122,7 @@ class SamplingColumns:
 
     parameters: RowParameters
     uniform: NDArray[np.float64]  # (B, 1); the row's draw in [0, 1), unused by greedy rows
-    edits: TokenEdits  # logit_bias and the penalties
-    suppressed: TokenValues  # values unused
+    edits: TokenEdits  # logit_bias, the penalties and suppression
 
     # the parameters' columns and what derives from them, read through
     @property
@@ -151,6 +157,12 @@ class SamplingColumns:
     def draw_scales(self) -> NDArray[np.float64]:
         return self.parameters.draw_scales
 
+    @cached_property
+    def head(self) -> HeadInputs:
+        """The sampling head's inputs for these rows (one object per step: the sampler checks that the
+        head it is given was computed for it)."""
+        return HeadInputs(self.parameters.head_scales, self.edits)
+
     @property
     def batch_size(self) -> int:
         return int(self.uniform.shape[0])
@@ -163,23 +175,10 @@ class SamplingColumns:
         renumber[index] = np.arange(index.size)
         kept = renumber.take(self.edits.rows) >= 0
         edits = self.edits
-        blocked = renumber.take(self.suppressed.rows) >= 0
-        suppressed = self.suppressed
         return SamplingColumns(
             parameters=self.parameters.select(index),
             uniform=self.uniform[index],
-            edits=TokenEdits(
-                renumber.take(edits.rows[kept]),
-                edits.tokens[kept],
-                edits.bias[kept],
-                edits.divisor[kept],
-                edits.subtract[kept],
-            ),
-            suppressed=TokenValues(
-                renumber.take(suppressed.rows[blocked]),
-                suppressed.tokens[blocked],
-                suppressed.values[blocked],
-            ),
+            edits=TokenEdits(renumber.take(edits.rows[kept]), edits.tokens[kept], edits.factors[kept]),
         )
 
 

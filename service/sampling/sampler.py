@@ -14,9 +14,9 @@ that no row uses is skipped. The steps, in order:
 5-7. top_k, top_p, min_p: the kept set, found without sorting the vocabulary (see draw.py).
 8. sample: inverse CDF with the row's uniform draw.
 
-With the decode graph's sampling head (`top`, see top.py) the steps run on each row's 64 most likely
-tokens and its softmax normaliser instead of its 49152 logits; a row reads its logits only when a cut
-or a draw reaches past those candidates.
+With the decode graph's sampling head (`top`, see top.py) steps 1-3 run in the graph and the rest on
+each edited row's 64 most likely tokens and its softmax normaliser instead of its 49152 logits; a row
+reads its logits only when a cut or a draw reaches past those candidates.
 
 The draws come from each request's own seeded generator (see state.py), and every step works on one row
 (or its candidates) alone, so a seeded request gets the same tokens whatever else is in the batch and in
@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import NDArray
 
 from service.errors import EngineFailure
 from service.sampling.columns import (
@@ -78,20 +79,15 @@ def sample(
     """
     if logits.ndim != 2 or logits.shape[0] != columns.batch_size:
         raise ValueError(f"logits must be (B={columns.batch_size}, V), got {logits.shape}")
-    if (
-        top is not None
-        and top.scales is not columns.head_scales
-        and not np.array_equal(top.scales, columns.head_scales)
-    ):
-        raise ValueError("the sampling head ran at other scales than these columns need (head_scales)")
-    edited = EditedRows(logits, columns)
-    temperature = columns.temperature[:, 0]
-    if top is None and not edited.any and not temperature.any():  # every row greedy, nothing to edit
+    if top is not None and top.inputs is not columns.head:
+        raise ValueError("the sampling head ran for other columns than these (SamplingColumns.head)")
+    edited = EditedRows(logits, columns.edits)
+    if top is None and not len(columns.edits) and not columns.temperature.any():  # greedy, nothing to edit
         tokens = logits.argmax(axis=1).astype(np.int64)
         _check_finite(logits[np.arange(tokens.size), tokens])
     else:
         tokens = _sample_rows(edited, columns, levels, top)
-    return SampledTokens(tokens, logprobs_of(logits, tokens, columns.top_logprobs, top))
+    return SampledTokens(tokens, logprobs_of(logits, tokens, columns.top_logprobs, top, edited.edited_rows))
 
 
 def _sample_rows(
@@ -112,12 +108,12 @@ def _sample_rows(
     )
     failed: list[int] = []
     if top is not None:
-        candidates = CandidateDraws(top, columns, edited)
+        candidates = CandidateDraws(top, columns)
         finite = (~np.isnan(top.masses[:, 0]) & np.isfinite(top.logits[:, 0])).tolist()
     for row, (temperature, top_k, top_p, min_p, uniform) in enumerate(parameters):
         tail: TailDraw | None = None
         if top is not None:
-            if not finite[row]:  # no finite maximum in the raw row
+            if not finite[row]:  # no finite maximum in the edited row
                 failed.append(row)
                 continue
             drawn: int | TailDraw | None
@@ -168,10 +164,14 @@ def _check_finite(row_maxima: FloatArray) -> None:
 
 
 def logprobs_of(
-    logits: FloatArray, tokens: IndexArray, top_logprobs: IndexArray, top: TopTokens | None = None
+    logits: FloatArray,
+    tokens: IndexArray,
+    top_logprobs: IndexArray,
+    top: TopTokens | None = None,
+    edited_rows: NDArray[np.bool_] | None = None,
 ) -> tuple[TokenLogprobs | None, ...]:
     """Raw log_softmax of the chosen tokens and of each row's `top_logprobs` most likely tokens (from
-    the sampling head's normaliser and candidates when given)."""
+    the sampling head's normaliser and candidates for the rows it saw unedited: not `edited_rows`)."""
     wanted = top_logprobs[:, 0]
     if (wanted == NO_LOGPROBS).all():
         return (None,) * int(logits.shape[0])
@@ -180,7 +180,7 @@ def logprobs_of(
     for row, count in enumerate(wanted.tolist()):
         if count == NO_LOGPROBS:
             results.append(None)
-        elif top is not None and top.holds(row, count):
+        elif top is not None and not (edited_rows is not None and edited_rows[row]) and top.holds(row, count):
             results.append(logprobs_from_top(top, row, float(logits[row, tokens[row]]), count))
         else:
             buffer = np.empty(logits.shape[1], np.float32) if buffer is None else buffer

@@ -20,7 +20,6 @@ from service.sampling.columns import (
     RowParameters,
     SamplingColumns,
     TokenEdits,
-    TokenValues,
 )
 from service.sampling.params import SamplingParams
 
@@ -29,28 +28,38 @@ _EMPTY_IDS: IndexArray = np.empty(0, np.int64)
 
 class SequenceEdits:
     """One sequence's TokenEdits entries (columns.py), kept up to date as it generates: the distinct
-    tokens of its history (prompt and generated, when a penalty is on) and of its logit_bias, each with
-    its bias, divisor and subtract. A generated token updates one entry or appends one, in O(1)."""
+    tokens of its history (prompt and generated, when a penalty is on), of its logit_bias and those it
+    may not emit (bias -inf), each with its bias, divisor and subtract. A generated token updates one
+    entry or appends one, in O(1)."""
 
-    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int] | IndexArray) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt_ids: Sequence[int] | IndexArray,
+        suppressed: Collection[int] = (),
+    ) -> None:
         self._penalised = params.needs_penalties
         self._repetition = params.repetition_penalty
         self._frequency, self._presence = params.frequency_penalty, params.presence_penalty
+        self._logit_bias = params.logit_bias
         history = np.unique(np.asarray(prompt_ids, np.int64)) if self._penalised else _EMPTY_IDS
-        bias = params.logit_bias
         seen = set(history.tolist())
-        tokens = [*history.tolist(), *(token for token in sorted(bias) if token not in seen)]
+        tokens = history.tolist()
+        for token in sorted({*self._logit_bias, *suppressed} - seen):
+            tokens.append(token)
         self._position = {token: i for i, token in enumerate(tokens)}
         self.size = len(tokens)
         capacity = max(64, 2 * self.size)
         self._tokens = np.zeros(capacity, np.int64)
-        self._bias = np.zeros(capacity, np.float32)
-        self._divisor = np.ones(capacity, np.float32)
-        self._subtract = np.zeros(capacity, np.float32)
+        self._factors = np.zeros((capacity, 3), np.float32)  # bias, divisor, subtract
+        self._factors[:, 1] = 1.0
         self._counts = np.zeros(capacity, np.int64)  # times generated
         self._tokens[: self.size] = tokens
-        self._bias[: self.size] = [bias.get(token, 0.0) for token in tokens]
-        self._divisor[: history.size] = self._repetition
+        blocked = set(suppressed)
+        self._factors[: self.size, 0] = [
+            -np.inf if token in blocked else self._logit_bias.get(token, 0.0) for token in tokens
+        ]
+        self._factors[: history.size, 1] = self._repetition
 
     def add(self, token: int) -> None:
         """Account a generated token (a no-op without penalties: the bias entries never change)."""
@@ -61,19 +70,24 @@ class SequenceEdits:
             entry = self._append(token)
         count = int(self._counts[entry]) + 1
         self._counts[entry] = count
-        self._divisor[entry] = self._repetition  # a bias-only token is now in the history too
-        self._subtract[entry] = self._frequency * count + self._presence
+        # divisor: a token that had only a bias or a suppression is now in the history too
+        self._factors[entry, 1:] = self._repetition, self._frequency * count + self._presence
+
+    def allow(self, tokens: Collection[int]) -> None:
+        """End the suppression of `tokens` (entries of this sequence): they get their logit_bias back."""
+        for token in tokens:
+            self._factors[self._position[token], 0] = self._logit_bias.get(token, 0.0)
 
     def _append(self, token: int) -> int:
         if self.size == self._tokens.size:
-            for name in ("_tokens", "_bias", "_divisor", "_subtract", "_counts"):
+            for name in ("_tokens", "_factors", "_counts"):
                 array = getattr(self, name)
-                grown = np.zeros(2 * array.size, array.dtype)
-                grown[: array.size] = array
+                grown = np.zeros((2 * array.shape[0], *array.shape[1:]), array.dtype)
+                grown[: array.shape[0]] = array
                 setattr(self, name, grown)
         entry = self.size
-        self._tokens[entry], self._bias[entry], self._divisor[entry] = token, 0.0, 1.0
-        self._subtract[entry] = self._counts[entry] = 0
+        self._tokens[entry], self._counts[entry] = token, 0
+        self._factors[entry] = 0.0, 1.0, 0.0
         self._position[token] = entry
         self.size += 1
         return entry
@@ -83,10 +97,9 @@ class SequenceEdits:
         return self._tokens[: self.size]
 
     @property
-    def arrays(self) -> tuple[IndexArray, NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
-        """(tokens, bias, divisor, subtract) of the entries."""
-        n = self.size
-        return self._tokens[:n], self._bias[:n], self._divisor[:n], self._subtract[:n]
+    def factors(self) -> NDArray[np.float32]:
+        """(size, 3): each entry's bias, divisor and subtract."""
+        return self._factors[: self.size]
 
     @property
     def generated_counts(self) -> IndexArray:
@@ -112,8 +125,16 @@ class SequenceSampling:
         self.params = params
         self.generator = np.random.default_rng(params.seed)  # seed None: fresh OS entropy
         self.generated = 0
+        ends = set(end_token_ids)
+        always = ends if params.ignore_eos else set()
+        # lifted once min_tokens tokens exist
+        self._until_min_tokens = sorted({*ends, *params.stop_token_ids} - always) if params.min_tokens else []
+        suppressed = {*always, *self._until_min_tokens}
+        self._only_suppression = not (params.needs_penalties or params.logit_bias or always)
         self.edits = (
-            SequenceEdits(params, prompt_ids) if params.needs_penalties or params.logit_bias else None
+            SequenceEdits(params, prompt_ids, suppressed)
+            if params.needs_penalties or params.logit_bias or suppressed
+            else None
         )
         self.column_values = (  # this sequence's row of the dense columns, in RowParameters order
             params.temperature,
@@ -122,15 +143,6 @@ class SequenceSampling:
             params.min_p,
             params.top_logprobs if params.logprobs else NO_LOGPROBS,
         )
-        ends = set(end_token_ids)
-        self._always_suppressed = np.array(sorted(ends), np.int64) if params.ignore_eos else _EMPTY_IDS
-        self._early_suppressed = np.array(sorted({*ends, *params.stop_token_ids}), np.int64)
-
-    def suppressed_now(self) -> IndexArray:
-        """Token ids this sequence may not emit at its next step."""
-        if self.generated < self.params.min_tokens:
-            return self._early_suppressed  # a superset of the ignore_eos set
-        return self._always_suppressed
 
     def draw(self) -> float:
         """The next uniform in [0, 1) for a sampled step; greedy steps consume none."""
@@ -138,27 +150,29 @@ class SequenceSampling:
 
     def record(self, token: int) -> None:
         self.generated += 1
-        if self.edits is not None:
-            self.edits.add(token)
+        if self.edits is None:
+            return
+        self.edits.add(token)
+        if self.generated == self.params.min_tokens and self._until_min_tokens:
+            if self._only_suppression:  # nothing is left to edit: the row is no longer edited at all
+                self.edits = None
+            else:
+                self.edits.allow(self._until_min_tokens)
 
 
 def build_columns(sequences: Sequence[SequenceSampling]) -> SamplingColumns:
     """The columns for one step over `sequences` (row i = sequences[i]); draws each sampled row's
     uniform. O(B) Python plus O(entries) numpy; the dense parameters are reused while the batch's
     sequences stay the same."""
-    edited: list[tuple[int, SequenceEdits]] = []
-    suppressed: list[tuple[int, IndexArray]] = []
-    for row, sequence in enumerate(sequences):
-        if sequence.edits is not None and sequence.edits.size:
-            edited.append((row, sequence.edits))
-        blocked = sequence.suppressed_now()
-        if blocked.size:
-            suppressed.append((row, blocked))
+    edited = [
+        (row, sequence.edits)
+        for row, sequence in enumerate(sequences)
+        if sequence.edits is not None and sequence.edits.size
+    ]
     return SamplingColumns(
         parameters=_parameters(tuple(sequences)),
         uniform=np.array([s.draw() for s in sequences], np.float64).reshape(len(sequences), 1),
         edits=_edits(edited),
-        suppressed=_suppressed(suppressed),
     )
 
 
@@ -183,16 +197,8 @@ def record_step(sequences: Sequence[SequenceSampling], tokens: IndexArray) -> No
 def _edits(parts: list[tuple[int, SequenceEdits]]) -> TokenEdits:
     if not parts:
         return TokenEdits.empty()
-    arrays = [edits.arrays for _, edits in parts]
-    sizes = [edits.size for _, edits in parts]
     return TokenEdits(
-        np.repeat(np.array([row for row, _ in parts], np.int64), sizes),
-        *(np.concatenate([entry[field] for entry in arrays]) for field in range(4)),
+        np.repeat(np.array([row for row, _ in parts], np.int64), [edits.size for _, edits in parts]),
+        np.concatenate([edits.tokens for _, edits in parts]),
+        np.concatenate([edits.factors for _, edits in parts]),
     )
-
-
-def _suppressed(parts: list[tuple[int, IndexArray]]) -> TokenValues:
-    if not parts:
-        return TokenValues.empty()
-    rows = np.repeat(np.array([row for row, _ in parts], np.int64), [tokens.size for _, tokens in parts])
-    return TokenValues(rows, np.concatenate([tokens for _, tokens in parts]), np.zeros(rows.size, np.float32))

@@ -17,6 +17,7 @@ from service.engine.kernels import fast_quant_linear
 from service.engine.kernels.build import build, compile_library
 from service.engine.kernels.fusion import DOMAIN, fuse
 from service.engine.runner import ModelRunner, RunnerOptions
+from service.sampling.columns import HeadInputs, TokenEdits
 from tests.sampling.reference import reference_top_tokens, zipf_logits
 
 H, G, D, CAPACITY, POSITIONS = 9, 3, 64, 48, 64  # the default model's head layout, a small cache
@@ -454,14 +455,21 @@ def test_fused_graphs_stay_within_int8_activation_noise_at_int4(
     assert kl.mean() < 0.02 and kl.max() < 0.2 and agree >= 0.9, (kl.mean(), kl.max(), agree)
 
 
+HEAD_INPUTS = ("logits", "scales", "edit_rows", "edit_tokens", "edit_factors")
+
+
 def _head_session(library: Path, k: int) -> ort.InferenceSession:
-    node = helper.make_node(
-        "SamplingHead", ["logits", "scales"], ["ids", "top", "masses"], domain=DOMAIN, k=k
-    )
+    node = helper.make_node("SamplingHead", list(HEAD_INPUTS), ["ids", "top", "masses"], domain=DOMAIN, k=k)
     return _session(
         library,
         [node],
-        [_info("logits", ["rows", 1, "vocab"]), _info("scales", ["rows", 2])],
+        [
+            _info("logits", ["rows", 1, "vocab"]),
+            _info("scales", ["rows", 2]),
+            _info("edit_rows", ["edits"], TensorProto.INT64),
+            _info("edit_tokens", ["edits"], TensorProto.INT64),
+            _info("edit_factors", ["edits", 3]),
+        ],
         [
             _info("ids", None, TensorProto.INT64),
             _info("top", None),
@@ -470,17 +478,27 @@ def _head_session(library: Path, k: int) -> ort.InferenceSession:
     )
 
 
-def _head_rows(vocab: int) -> tuple[np.ndarray, np.ndarray]:
+def _head_feed(logits: np.ndarray, inputs: HeadInputs) -> dict[str, np.ndarray]:
+    edits = inputs.edits
+    arrays = (logits[:, None, :], inputs.scales, edits.rows, edits.tokens, edits.factors)
+    return dict(zip(HEAD_INPUTS, arrays, strict=True))
+
+
+def _head_rows(vocab: int) -> tuple[np.ndarray, HeadInputs]:
     """Rows that exercise the selection: model-like, ties (also across the k-th place), a NaN, a +inf,
-    nothing finite, fewer finite logits than k, -inf among finite ones; scales off, equal and apart."""
+    nothing finite, fewer finite logits than k, -inf among finite ones; scales off, equal and apart;
+    edits of every kind: the top token suppressed, positive and negative logits penalised, a low token
+    biased to the top, ties across the k-th place suppressed, a -inf logit biased (stays -inf), every
+    finite logit of a row suppressed."""
     rng = np.random.default_rng(vocab)
-    logits = zipf_logits(rng, 9, vocab)
+    logits = zipf_logits(rng, 10, vocab)
     logits[1] = np.round(logits[1])  # many ties, some across the k-th place
     logits[2, 7] = np.nan
     logits[3, vocab - 1] = np.inf
     logits[4] = -np.inf
     logits[5] = -np.inf
-    logits[5, rng.choice(vocab, 10, replace=False)] = rng.standard_normal(10).astype(np.float32)
+    few = rng.choice(vocab, 10, replace=False)
+    logits[5, few] = rng.standard_normal(10).astype(np.float32)
     logits[6, ::3] = -np.inf
     logits[7] = 1.5  # every logit tied
     scales = np.array(
@@ -494,35 +512,74 @@ def _head_rows(vocab: int) -> tuple[np.ndarray, np.ndarray]:
             [0.5, 0.0],
             [1.0, 1.0],
             [0.0, 0.0],
+            [1.0, 1.0],
         ],
         np.float32,
     )
-    return logits, scales
+    order = np.argsort(-logits[0], kind="stable")
+    tied = np.flatnonzero(logits[1] == np.sort(logits[1])[::-1][min(63, vocab - 1)])[:5]
+    entries = [  # (row, token, bias, divisor, subtract)
+        (0, order[0], -np.inf, 1.0, 0.0),
+        (0, order[1], 0.0, 1.3, 0.0),
+        (0, order[2], 0.0, 1.0, 2.5),
+        (0, order[-1], 40.0, 1.1, 0.0),
+        (0, order[-2], 0.0, 1.7, 0.5),  # a negative logit: multiplied
+        *((1, token, -np.inf, 1.0, 0.0) for token in tied),
+        (6, 0, 0.0, 1.0, 0.0),
+        (6, 3, 9.0, 1.2, 0.0),  # -inf stays -inf
+        (6, 1, 100.0, 1.0, 0.0),
+        *((5, token, -np.inf, 1.0, 0.0) for token in sorted(few)),
+    ]
+    entries.sort(key=lambda entry: entry[0])
+    edits = TokenEdits(
+        np.array([entry[0] for entry in entries], np.int64),
+        np.array([entry[1] for entry in entries], np.int64),
+        np.array([entry[2:] for entry in entries], np.float32),
+    )
+    return logits, HeadInputs(scales, edits)
 
 
 @pytest.mark.parametrize("vocab", [49152, 5000, 1000, 77])
 def test_sampling_head_matches_a_full_sort(library: Path, vocab: int) -> None:
-    """The k most likely tokens (logit descending, id ascending: the first k of that order exactly) and
-    the softmax normalisers at the asked scales, NaN for rows without a finite maximum; at the default
-    vocabulary and at sizes where the block estimate has a remainder or is skipped."""
+    """The k most likely tokens of the edited rows (logit descending, id ascending: the first k of that
+    order exactly) and the softmax normalisers at the asked scales, NaN for rows without a finite
+    maximum; at the default vocabulary and at sizes where the block estimate has a remainder or is
+    skipped. The edited logits are bit-exact: the sampler's own arithmetic."""
     k = 64 if vocab > 64 else 16
-    logits, scales = _head_rows(vocab)
+    logits, inputs = _head_rows(vocab)
     session = _head_session(library, k)
-    ids, top, masses = session.run(None, {"logits": logits[:, None, :], "scales": scales})
-    want = reference_top_tokens(logits, scales, k)
+    ids, top, masses = session.run(None, _head_feed(logits, inputs))
+    want = reference_top_tokens(logits, inputs, k)
     np.testing.assert_array_equal(ids, want.ids)
     np.testing.assert_array_equal(top, want.logits)
     np.testing.assert_array_equal(np.isnan(masses), np.isnan(want.masses))
     np.testing.assert_allclose(masses, want.masses, rtol=1e-6)
+    assert np.isnan(masses[5]).all()  # every finite logit suppressed
 
 
-def test_sampling_head_rejects_bad_shapes(library: Path) -> None:
+def test_sampling_head_rejects_bad_inputs(library: Path) -> None:
     session = _head_session(library, 64)
-    logits = np.zeros((2, 1, 100), np.float32)
+    logits = np.zeros((2, 100), np.float32)
+
+    def run(scales: np.ndarray, rows: list[int], tokens: list[int], width: int = 100) -> None:
+        edits = TokenEdits(
+            np.array(rows, np.int64), np.array(tokens, np.int64), np.ones((len(rows), 3), np.float32)
+        )
+        session.run(None, _head_feed(logits[:, :width], HeadInputs(scales, edits)))
+
     with pytest.raises(Exception, match="scales must be"):
-        session.run(None, {"logits": logits, "scales": np.zeros((3, 2), np.float32)})
+        run(np.zeros((3, 2), np.float32), [], [])
     with pytest.raises(Exception, match="V >= k"):
-        session.run(None, {"logits": logits[..., :10], "scales": np.zeros((2, 2), np.float32)})
+        run(np.zeros((2, 2), np.float32), [], [], width=10)
+    with pytest.raises(Exception, match="edit_rows must ascend"):
+        run(np.zeros((2, 2), np.float32), [1, 0], [3, 4])
+    with pytest.raises(Exception, match="edit_rows must ascend"):
+        run(np.zeros((2, 2), np.float32), [2], [3])
+    with pytest.raises(Exception, match="edit_tokens must lie"):
+        run(np.zeros((2, 2), np.float32), [0], [100])
+    with pytest.raises(Exception, match="edits must be"):
+        edits = TokenEdits(np.zeros(1, np.int64), np.zeros(2, np.int64), np.ones((1, 3), np.float32))
+        session.run(None, _head_feed(logits, HeadInputs(np.zeros((2, 2), np.float32), edits)))
 
 
 def test_runner_decode_fills_the_sampling_head(default_model_dir: Path) -> None:
@@ -531,11 +588,16 @@ def test_runner_decode_fills_the_sampling_head(default_model_dir: Path) -> None:
     runner = ModelRunner(default_model_dir, RunnerOptions(max_batch=4, kv_capacity=64))
     assert runner.sampling_head
     scales = np.array([[1.0, 1.0], [0.0, 1.0], [1 / 0.7, 0.0]], np.float32)
-    logits = runner.decode(np.array([1, 2, 3]), np.array([0, 0, 0]), scales).copy()
+    edits = TokenEdits(
+        np.array([1, 1]), np.array([5, 900]), np.array([[-np.inf, 1, 0], [30, 1, 0]], np.float32)
+    )
+    inputs = HeadInputs(scales, edits)
+    logits = runner.decode(np.array([1, 2, 3]), np.array([0, 0, 0]), inputs).copy()
     top = runner.top_tokens(3)
-    assert top is not None
-    want = reference_top_tokens(logits, scales, top.ids.shape[1])
+    assert top is not None and top.inputs is inputs
+    want = reference_top_tokens(logits, inputs, top.ids.shape[1])
     np.testing.assert_array_equal(top.ids, want.ids)
+    assert top.ids[1, 0] == 900  # the edited row's
     np.testing.assert_allclose(top.masses, want.masses, rtol=1e-6)
     assert (
         ModelRunner(default_model_dir, RunnerOptions(max_batch=1, kv_capacity=64, kernels="off")).top_tokens(

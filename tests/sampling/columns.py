@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.sampling.columns import NO_LOGPROBS, RowParameters, SamplingColumns, TokenEdits, TokenValues
+from service.sampling.columns import NO_LOGPROBS, RowParameters, SamplingColumns, TokenEdits
+
+
+@dataclass(frozen=True)
+class TokenValues:
+    """Sparse per-row token data: row rows[i] has value values[i] for token tokens[i]."""
+
+    rows: NDArray[np.int64]
+    tokens: NDArray[np.int64]
+    values: NDArray[np.float32]
+
+    @staticmethod
+    def empty() -> TokenValues:
+        return TokenValues(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
 
 
 def make_columns(
@@ -46,16 +60,21 @@ def make_columns(
             repetition_penalty,
             frequency_penalty,
             presence_penalty,
+            suppressed or TokenValues.empty(),
         ),
-        suppressed=suppressed or TokenValues.empty(),
     )
 
 
 def token_edits(
-    bias: TokenValues, history: TokenValues, repetition: float, frequency: float, presence: float
+    bias: TokenValues,
+    history: TokenValues,
+    repetition: float,
+    frequency: float,
+    presence: float,
+    suppressed: TokenValues | None = None,
 ) -> TokenEdits:
-    """TokenEdits by their definition (columns.py): one entry per (row, token) in the bias or the
-    history (history values: times generated), in row order."""
+    """TokenEdits by their definition (columns.py): one entry per (row, token) in the bias, the
+    history (history values: times generated) or the suppressed tokens (bias -inf), in row order."""
     entries: dict[tuple[int, int], list[float]] = {}  # (row, token) -> [bias, divisor, subtract]
     for row, token, value in zip(bias.rows.tolist(), bias.tokens.tolist(), bias.values.tolist(), strict=True):
         entries[(row, token)] = [value, 1.0, 0.0]
@@ -65,12 +84,11 @@ def token_edits(
         entry = entries.setdefault((row, token), [0.0, 1.0, 0.0])
         entry[1] = repetition
         entry[2] = frequency * count + presence * (count > 0)
+    if suppressed is not None:
+        for row, token in zip(suppressed.rows.tolist(), suppressed.tokens.tolist(), strict=True):
+            entries.setdefault((row, token), [0.0, 1.0, 0.0])[0] = -np.inf
     keys = sorted(entries)
     values = np.array([entries[key] for key in keys], np.float32).reshape(-1, 3)
     return TokenEdits(
-        np.array([row for row, _ in keys], np.int64),
-        np.array([token for _, token in keys], np.int64),
-        values[:, 0].copy(),
-        values[:, 1].copy(),
-        values[:, 2].copy(),
+        np.array([row for row, _ in keys], np.int64), np.array([token for _, token in keys], np.int64), values
     )

@@ -12,6 +12,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
+from service.sampling.columns import HeadInputs, TokenEdits
 from service.sampling.top import TopTokens
 
 LOG2E = 1.0 / math.log(2.0)
@@ -129,14 +130,26 @@ def _chi_square_quantile(freedom: int, z: float = 4.753) -> float:
     return freedom * (1.0 - a + z * math.sqrt(a)) ** 3
 
 
-def reference_top_tokens(logits: NDArray[np.float32], scales: NDArray[np.float32], k: int) -> TopTokens:
+def reference_edited(logits: NDArray[np.float32], edits: TokenEdits) -> NDArray[np.float32]:
+    """The logits after steps 1-3, entry by entry in float32 scalars (columns.TokenEdits' definition)."""
+    edited = logits.copy()
+    entries = zip(edits.rows.tolist(), edits.tokens.tolist(), edits.factors.tolist(), strict=True)
+    for row, token, (bias, divisor, subtract) in entries:
+        value = logits[row, token] + np.float32(bias)
+        value = value / np.float32(divisor) if value > 0.0 else value * np.float32(divisor)
+        edited[row, token] = value - np.float32(subtract)
+    return edited
+
+
+def reference_top_tokens(logits: NDArray[np.float32], inputs: HeadInputs, k: int) -> TopTokens:
     """What the graph's SamplingHead returns (see service/sampling/top.py), by a full sort per row."""
-    rows = logits.shape[0]
+    rows, scales = logits.shape[0], inputs.scales
     ids = np.full((rows, k), -1, np.int64)
     top = np.full((rows, k), -np.inf, np.float32)
     masses = np.zeros((rows, 2), np.float64)
+    edited = reference_edited(logits, inputs.edits)
     for row in range(rows):
-        x = logits[row]
+        x = edited[row]
         if np.isnan(x).any() or np.isposinf(x).any() or not np.isfinite(x).any():
             masses[row] = np.nan
         finite = np.flatnonzero(x > -np.inf)
@@ -148,4 +161,4 @@ def reference_top_tokens(logits: NDArray[np.float32], scales: NDArray[np.float32
         for column in range(2):
             if scales[row, column] > 0.0:
                 masses[row, column] = float(np.exp(shifted * float(scales[row, column])).sum())
-    return TopTokens(scales.copy(), ids, top, masses)
+    return TopTokens(inputs, ids, top, masses)

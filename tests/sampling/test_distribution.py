@@ -20,9 +20,8 @@ from service.sampling import (
     record_step,
     sample,
 )
-from service.sampling.columns import TokenValues
 from service.sampling.top import TopTokens
-from tests.sampling.columns import make_columns
+from tests.sampling.columns import TokenValues, make_columns
 from tests.sampling.reference import assert_fits, filtered_softmax, reference_top_tokens, zipf_logits
 
 DRAWS = 8000
@@ -40,10 +39,10 @@ HEADS = [pytest.param(None, id="logits"), pytest.param(8, id="head")]
 def _head_of_repeated_row(logits: NDArray[np.float32], columns: SamplingColumns, k: int) -> TopTokens:
     """The sampling head of a batch whose rows and parameters are all the same (draws apart)."""
     assert (columns.head_scales == columns.head_scales[0]).all()
-    one = reference_top_tokens(logits[:1], columns.head_scales[:1], k)
+    one = reference_top_tokens(logits[:1], columns.select([0]).head, k)
     rows = logits.shape[0]
     return TopTokens(
-        columns.head_scales,
+        columns.head,
         np.repeat(one.ids, rows, axis=0),
         np.repeat(one.logits, rows, axis=0),
         np.repeat(one.masses, rows, axis=0),

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from service.sampling import NonFiniteLogits, SampledTokens, SamplingColumns, TokenValues, sample
+from service.sampling import NonFiniteLogits, SampledTokens, SamplingColumns, sample
 from service.sampling.draw import STRIPE, draw_untruncated, weights_into
-from tests.sampling.columns import make_columns
+from tests.sampling.columns import TokenValues, make_columns
 from tests.sampling.reference import LOG2E, reference_token, reference_top_tokens, zipf_logits
 
 VOCAB = 49152
@@ -31,7 +31,7 @@ def _sample(logits: np.ndarray, columns: SamplingColumns, head: int | None) -> S
     """sample() on the logits alone, or with the sampling head of `head` candidates (at most V)."""
     if head is None:
         return sample(logits, columns)
-    top = reference_top_tokens(logits, columns.head_scales, min(head, logits.shape[1]))
+    top = reference_top_tokens(logits, columns.head, min(head, logits.shape[1]))
     return sample(logits, columns, top=top)
 
 

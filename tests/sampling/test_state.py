@@ -40,7 +40,8 @@ def test_edits_track_distinct_tokens_counts_bias_and_penalties() -> None:
     edits = SequenceEdits(params, [9, 4, 9, 1])
     for token in [4, 300, 300, 7, 1000, *range(500, 700)]:  # grows past its first capacity
         edits.add(token)
-    tokens, bias, divisor, subtract = (array.tolist() for array in edits.arrays)
+    tokens = edits.tokens.tolist()
+    bias, divisor, subtract = edits.factors.T.tolist()
     assert tokens == [1, 4, 9, 7, 300, 1000, *range(500, 700)]  # the prompt's, bias-only, then generated
     entry = {
         token: (b, d, s, c)
@@ -58,7 +59,29 @@ def test_edits_track_distinct_tokens_counts_bias_and_penalties() -> None:
 def test_edits_without_penalties_hold_the_bias_only() -> None:
     edits = SequenceEdits(SamplingParams(temperature=1.0, logit_bias={7: 2.0}), [9, 4])
     edits.add(7)
-    assert [array.tolist() for array in edits.arrays] == [[7], [2.0], [1.0], [0.0]]
+    assert edits.tokens.tolist() == [7] and edits.factors.tolist() == [[2.0, 1.0, 0.0]]
+
+
+def test_suppression_is_a_bias_of_minus_infinity_until_allowed() -> None:
+    params = SamplingParams(temperature=1.0, repetition_penalty=2.0, logit_bias={3: 1.5, 8: -1.0})
+    edits = SequenceEdits(params, [3, 5], suppressed=[3, 4])
+    entry = dict(zip(edits.tokens.tolist(), edits.factors.tolist(), strict=True))
+    assert entry == {
+        3: [-np.inf, 2.0, 0.0],  # in the prompt, biased and suppressed: suppressed wins
+        5: [0.0, 2.0, 0.0],
+        4: [-np.inf, 1.0, 0.0],
+        8: [-1.0, 1.0, 0.0],
+    }
+    edits.allow([3, 4])
+    entry = dict(zip(edits.tokens.tolist(), edits.factors.tolist(), strict=True))
+    assert entry[3] == [1.5, 2.0, 0.0] and entry[4] == [0.0, 1.0, 0.0]  # their own bias back
+
+
+def test_a_row_edited_only_by_suppression_is_unedited_after_min_tokens() -> None:
+    sequence = _sequence(SamplingParams(min_tokens=1))
+    assert build_columns([sequence]).edits.tokens.tolist() == [END]
+    sequence.record(100)
+    assert sequence.edits is None and len(build_columns([sequence]).edits) == 0
 
 
 def test_columns_hold_each_row_and_neutral_values() -> None:
@@ -90,7 +113,7 @@ def test_columns_hold_each_row_and_neutral_values() -> None:
         [1.2] * 3 + [1.0]
     )
     assert edits.subtract.tolist() == [0.0] * 4
-    assert len(columns.suppressed) == 0
+    assert not np.isneginf(edits.bias).any()  # nothing suppressed
     assert columns.uniform[0, 0] == 0.0 and 0.0 < columns.uniform[1, 0] < 1.0
 
 
@@ -124,8 +147,8 @@ def test_end_tokens_are_suppressed_until_min_tokens_or_always_with_ignore_eos(
 ) -> None:
     sequence = _sequence(params)
     for expected in suppressed_at_step:
-        columns = build_columns([sequence])
-        assert sorted(columns.suppressed.tokens.tolist()) == expected
+        edits = build_columns([sequence]).edits
+        assert sorted(edits.tokens[np.isneginf(edits.bias)].tolist()) == expected
         sequence.record(100)
 
 

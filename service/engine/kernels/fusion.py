@@ -14,7 +14,7 @@ graphs from memory (a prefill and a decode session, both with every fusion).
         -> QuantLinear(x, codes, scales[, offsets_t])   (2x faster at batch 8, weights repacked once)
 
 add_sampling_head appends a SamplingHead after the logits (service/sampling/top.py says what it gives
-the sampler): one more graph input, three more outputs; the logits stay an output.
+the sampler): four more graph inputs (scales and edits), three more outputs; the logits stay an output.
 """
 
 from __future__ import annotations
@@ -228,7 +228,9 @@ def _drop_dead_nodes(graph: onnx.GraphProto) -> int:
     return removed
 
 
-SAMPLING_SCALES = "sampling_scales"  # input [rows, 2] float: SamplingColumns.head_scales
+SAMPLING_SCALES = "sampling_scales"  # input [rows, 2] float: RowParameters.head_scales
+# inputs [edits] int64, [edits] int64, [edits, 3] float: SamplingColumns.edits (rows ascending)
+EDIT_ROWS, EDIT_TOKENS, EDIT_FACTORS = "edit_rows", "edit_tokens", "edit_factors"
 TOP_IDS, TOP_LOGITS, SAMPLING_MASSES = "top_ids", "top_logits", "sampling_masses"  # outputs, see top.py
 
 
@@ -240,14 +242,21 @@ def add_sampling_head(model: onnx.ModelProto, logits: str, k: int) -> None:
     graph.node.append(
         helper.make_node(
             "SamplingHead",
-            [logits, SAMPLING_SCALES],
+            [logits, SAMPLING_SCALES, EDIT_ROWS, EDIT_TOKENS, EDIT_FACTORS],
             [TOP_IDS, TOP_LOGITS, SAMPLING_MASSES],
             name="sampling_head",
             domain=DOMAIN,
             k=k,
         )
     )
-    graph.input.append(helper.make_tensor_value_info(SAMPLING_SCALES, TensorProto.FLOAT, ["rows", 2]))
+    graph.input.extend(
+        [
+            helper.make_tensor_value_info(SAMPLING_SCALES, TensorProto.FLOAT, ["rows", 2]),
+            helper.make_tensor_value_info(EDIT_ROWS, TensorProto.INT64, ["edits"]),
+            helper.make_tensor_value_info(EDIT_TOKENS, TensorProto.INT64, ["edits"]),
+            helper.make_tensor_value_info(EDIT_FACTORS, TensorProto.FLOAT, ["edits", 3]),
+        ]
+    )
     graph.output.extend(
         [
             helper.make_tensor_value_info(TOP_IDS, TensorProto.INT64, ["rows", k]),

@@ -1083,8 +1083,11 @@ static OrtStatus *create_linear(const OrtKernelInfo *info, void **out) {
 
 /* --- SamplingHead ---------------------------------------------------------------------------- */
 /* What the sampler needs from each row of logits, so that it rarely reads the row itself
- * (service/sampling/top.py). Inputs: logits [.., V] (R rows), scales [R, 2]; attribute k.
- * Outputs:
+ * (service/sampling/top.py). Inputs: logits [.., V] (R rows), scales [R, 2], and the rows' edits
+ * (service/sampling/columns.py TokenEdits): edit_rows [E] (ascending), edit_tokens [E], edit_factors
+ * [E, 3] (bias, divisor, subtract); attribute k. Each row is first edited: logit x of an edited token
+ * becomes v = x + bias, v / divisor if v > 0 else v · divisor, then v − subtract (float32, rounded at
+ * each step as numpy does). Outputs, of the edited row:
  *   top_ids [R, k] int64, top_logits [R, k]: the row's first k tokens in the order (logit descending, id
  *     ascending), so every other token's logit is at most the last one's; −1 / −inf pad a row with fewer
  *     than k logits above −inf.
@@ -1100,12 +1103,37 @@ typedef struct {
 } HeadKernel;
 
 typedef struct {
-    const float *logits, *scales;
+    const float *logits, *scales, *edit_factors;
+    const int64_t *edit_rows, *edit_tokens;
     int64_t *ids;
     float *top;
     double *masses;
-    int64_t vocab, k;
+    int64_t vocab, k, edits;
 } HeadJob;
+
+/* The span [*first, *end) of row's entries in the ascending edit_rows. */
+static void edit_span(const HeadJob *job, int64_t row, int64_t *first, int64_t *end) {
+    int64_t lo = 0, hi = job->edits;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (job->edit_rows[mid] < row) lo = mid + 1;
+        else hi = mid;
+    }
+    *first = *end = lo;
+    while (*end < job->edits && job->edit_rows[*end] == row) ++*end;
+}
+
+/* out = the row x with entries [first, end) applied. */
+static void edited_row(const HeadJob *job, const float *x, int64_t first, int64_t end, float *out) {
+    memcpy(out, x, (size_t)job->vocab * sizeof(float));
+    for (int64_t e = first; e < end; e++) {
+        const int64_t token = job->edit_tokens[e];
+        const float *f = job->edit_factors + 3 * e;
+        const float biased = x[token] + f[0];
+        volatile float scaled = biased > 0.0f ? biased / f[1] : biased * f[1];  // volatile: no fused a·b − c
+        out[token] = scaled - f[2];
+    }
+}
 
 /* The k-th largest of values[0, n) (1 ≤ k ≤ n, no NaN): quickselect on a copy in `work`. */
 static float kth_largest(const float *values, int64_t n, int64_t k, float *work) {
@@ -1263,11 +1291,18 @@ static void head_task(void *user, size_t row) {
     int64_t *out_ids = job->ids + (int64_t)row * k;
     float *out_top = job->top + (int64_t)row * k;
     double *masses = job->masses + 2 * row;
-    float *buffer = scratch(4 * HEAD_BUFFER);  // values, ids (int32 in float storage), work, block data
+    int64_t first, end;
+    edit_span(job, (int64_t)row, &first, &end);
+    // values, ids (int32 in float storage), work, block data; then the edited row, if it has edits
+    float *buffer = scratch(4 * HEAD_BUFFER + (end > first ? (size_t)V : 0));
     if (buffer == NULL) {  // out of memory: report the row as unusable rather than guess
         masses[0] = masses[1] = NAN;
         for (int64_t j = 0; j < k; j++) out_ids[j] = -1, out_top[j] = -INFINITY;
         return;
+    }
+    if (end > first) {
+        edited_row(job, x, first, end, buffer + 4 * HEAD_BUFFER);
+        x = buffer + 4 * HEAD_BUFFER;
     }
     Selection sel = {.values = buffer, .ids = (int32_t *)(buffer + HEAD_BUFFER), .work = buffer + 2 * HEAD_BUFFER,
                      .k = k, .threshold = -INFINITY};
@@ -1325,14 +1360,28 @@ static void head_task(void *user, size_t row) {
 
 static OrtStatus *head_compute(void *state, OrtKernelContext *ctx) {
     const HeadKernel *kernel = state;
-    Tensor logits, scales;
+    Tensor logits, scales, edit_rows, edit_tokens, edit_factors;
     CHECK(input(ctx, 0, &logits));
     CHECK(input(ctx, 1, &scales));
+    CHECK(input(ctx, 2, &edit_rows));
+    CHECK(input(ctx, 3, &edit_tokens));
+    CHECK(input(ctx, 4, &edit_factors));
     const char *op = "SamplingHead";
     if (logits.rank < 1 || logits.dims[logits.rank - 1] < kernel->k) return fail(op, "logits must be [.., V] with V >= k");
     const int64_t V = logits.dims[logits.rank - 1], rows = (int64_t)(logits.count / (size_t)V);
     if (scales.rank != 2 || scales.dims[0] != rows || scales.dims[1] != 2) return fail(op, "scales must be [rows of logits, 2]");
-    HeadJob job = {.logits = logits.data, .scales = scales.data, .vocab = V, .k = kernel->k};
+    const int64_t E = (int64_t)edit_rows.count;
+    if (edit_rows.rank != 1 || edit_tokens.rank != 1 || (int64_t)edit_tokens.count != E || edit_factors.rank != 2 ||
+        edit_factors.dims[0] != E || edit_factors.dims[1] != 3)
+        return fail(op, "edits must be edit_rows [E], edit_tokens [E] and edit_factors [E, 3]");
+    const int64_t *erows = edit_rows.data, *etokens = edit_tokens.data;
+    for (int64_t e = 0; e < E; e++) {
+        if (erows[e] < 0 || erows[e] >= rows || (e > 0 && erows[e] < erows[e - 1]))
+            return fail(op, "edit_rows must ascend and lie in [0, rows of logits)");
+        if (etokens[e] < 0 || etokens[e] >= V) return fail(op, "edit_tokens must lie in [0, V)");
+    }
+    HeadJob job = {.logits = logits.data, .scales = scales.data, .vocab = V, .k = kernel->k, .edits = E,
+                   .edit_rows = erows, .edit_tokens = etokens, .edit_factors = edit_factors.data};
     const int64_t top_dims[2] = {rows, kernel->k}, mass_dims[2] = {rows, 2};
     CHECK(output(ctx, 0, top_dims, 2, (void **)&job.ids));
     CHECK(output(ctx, 1, top_dims, 2, (void **)&job.top));
@@ -1474,6 +1523,10 @@ static const ONNXTensorElementDataType LINEAR_INPUTS[] = {
     ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
 };
 
+static const ONNXTensorElementDataType HEAD_INPUTS[] = {
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64,
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+};
 static const ONNXTensorElementDataType HEAD_OUTPUTS[] = {
     ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE,
 };
@@ -1487,7 +1540,7 @@ static ParleyOp OPS[] = {
      .compute = swiglu_compute, .create = create_stateless},
     {.name = "QuantLinear", .inputs = 4, .outputs = 1, .input_types = LINEAR_INPUTS, .compute = linear_compute,
      .create = create_linear, .destroy = destroy_linear, .required_inputs = 3},
-    {.name = "SamplingHead", .inputs = 2, .outputs = 3, .input_types = FLOAT_INPUTS, .output_types = HEAD_OUTPUTS,
+    {.name = "SamplingHead", .inputs = 5, .outputs = 3, .input_types = HEAD_INPUTS, .output_types = HEAD_OUTPUTS,
      .compute = head_compute, .create = create_head},
 };
 
