@@ -86,6 +86,21 @@ class RowParameters:
         return inverse
 
     @cached_property
+    def any_sampled(self) -> bool:
+        """Whether any row samples (temperature > 0)."""
+        return bool(self.temperature.any())
+
+    @cached_property
+    def any_logprobs(self) -> bool:
+        return bool((self.top_logprobs != NO_LOGPROBS).any())
+
+    @cached_property
+    def mass_mask(self) -> NDArray[np.float64]:
+        """(B,) 1 where the head computes the row's mass at 1/T (head_scales column 0), else NaN: the
+        head's mass column times this is each row's mass, or NaN where it has none."""
+        return np.where(self.head_scales[:, 0] > 0.0, 1.0, np.nan)
+
+    @cached_property
     def draw_scales(self) -> NDArray[np.float64]:
         """(B,) float64 1/T, and 1 for greedy rows: the candidates' weights are e^((x - max) · scale)
         (a greedy row's are never drawn from; 1 keeps its -inf pads at weight 0 rather than NaN)."""

@@ -48,11 +48,23 @@ def draw_row(
     uniform: float,
     buffer: FloatRow,
     levels: tuple[float, ...] = CANDIDATE_LEVELS,
+    total: float = math.nan,
 ) -> int:
     """One sampled row: logits (V,) with maximum row_max, scale = log2(e) / temperature, the draw u.
-    `buffer` is (V,) float32 scratch space; `levels` as in draw_truncated."""
+    `buffer` is (V,) float32 scratch space; `levels` as in draw_truncated; `total` the row's weight sum
+    when known (the sampling head's), else NaN."""
     if not top_k and top_p >= 1.0 and min_p <= 0.0:
         return draw_untruncated(weights_into(logits, row_max, scale, buffer), uniform)
+    if not top_k and top_p < 1.0 and levels and not math.isnan(total):  # only the candidates need weights
+        return draw_truncated(
+            FromLogits(logits, row_max, scale, buffer),
+            uniform,
+            top_k=0,
+            top_p=top_p,
+            min_p=min_p,
+            total=total,
+            levels=levels,
+        )
     if not top_k and top_p < 1.0:  # top_p is measured against the whole row's mass
         weights = weights_into(logits, row_max, scale, buffer)
         total = float(stripe_sums(weights)[0].sum())

@@ -82,11 +82,13 @@ def sample(
     if top is not None and top.inputs is not columns.head:
         raise ValueError("the sampling head ran for other columns than these (SamplingColumns.head)")
     edited = EditedRows(logits, columns.edits)
-    if top is None and not len(columns.edits) and not columns.temperature.any():  # greedy, nothing to edit
+    if top is None and not len(columns.edits) and not columns.parameters.any_sampled:  # greedy, unedited
         tokens = logits.argmax(axis=1).astype(np.int64)
         _check_finite(logits[np.arange(tokens.size), tokens])
     else:
         tokens = _sample_rows(edited, columns, levels, top)
+    if not columns.parameters.any_logprobs:
+        return SampledTokens(tokens, (None,) * columns.batch_size)
     return SampledTokens(tokens, logprobs_of(logits, tokens, columns.top_logprobs, top, edited.edited_rows))
 
 
@@ -133,7 +135,7 @@ def _sample_rows(
             if not math.isfinite(logits[tokens[row]]):
                 failed.append(row)
             continue
-        row_max = logits.max()
+        row_max = logits.max() if top is None else top.logits[row, 0]  # the head's is the edited row's
         if not math.isfinite(row_max):
             failed.append(row)
             continue
@@ -151,6 +153,7 @@ def _sample_rows(
             uniform=uniform,
             buffer=buffer,
             levels=levels,
+            total=math.nan if top is None else candidates.masses[row],
         )
     if failed:
         raise NonFiniteLogits(failed)

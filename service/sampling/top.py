@@ -62,6 +62,9 @@ class TailDraw:
     excluded: IndexArray  # the candidates, whose weight the draw has already passed
 
 
+_FINITE = float(np.finfo(np.float32).max)
+
+
 class CandidateDraws:
     """Every row's candidates as the sampler decides on them, computed for the batch at once: their
     weights e^((x - max)/T) at each row's 1/T (SamplingColumns.draw_scales), running sums, and the
@@ -70,16 +73,16 @@ class CandidateDraws:
 
     def __init__(self, top: TopTokens, columns: SamplingColumns) -> None:
         self.greedy: list[int] = top.ids[:, 0].tolist()  # the argmax, lowest id on ties
-        if not columns.inverse_temperature.any():  # all greedy
+        if not columns.parameters.any_sampled:
             return
-        scales, logits, floors = columns.draw_scales, top.logits, top.logits[:, -1]
-        maxima = logits[:, 0]
-        shift = np.where(np.isfinite(maxima), maxima, np.float32(0.0)).astype(np.float64)  # no inf - inf
-        weights = np.exp((logits - shift[:, None]) * scales[:, None])
-        floor_weights = np.exp(np.minimum((floors - shift) * scales, 0.0))  # >= 1: nothing usable
-        self.usable: list[int] = (weights > floor_weights[:, None]).sum(axis=1).tolist()  # a prefix
-        self.floors: list[float] = floor_weights.tolist()
-        self.masses: list[float] = np.where(top.inputs.scales[:, 0] > 0.0, top.masses[:, 0], np.nan).tolist()
+        logits = top.logits
+        # relative to each row's maximum (0 for a row without a finite one: it fails, but not with inf - inf)
+        shift = np.fmax(np.fmin(logits[:, :1], _FINITE, dtype=np.float64), -_FINITE)
+        weights = np.exp((logits - shift) * columns.draw_scales[:, None])
+        floors = weights[:, -1:]  # the K-th candidate's: every other token weighs at most this
+        self.usable: list[int] = (weights > floors).sum(axis=1).tolist()  # a prefix: the weights descend
+        self.floors: list[float] = floors[:, 0].tolist()
+        self.masses: list[float] = (top.masses[:, 0] * columns.parameters.mass_mask).tolist()
         self.ids, self.weights, self.running = top.ids, weights, weights.cumsum(axis=1)
 
     def draw(

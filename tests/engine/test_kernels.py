@@ -547,8 +547,10 @@ def test_sampling_head_matches_a_full_sort(library: Path, vocab: int) -> None:
     skipped. The edited logits are bit-exact: the sampler's own arithmetic."""
     k = 64 if vocab > 64 else 16
     logits, inputs = _head_rows(vocab)
+    raw = logits.copy()
     session = _head_session(library, k)
     ids, top, masses = session.run(None, _head_feed(logits, inputs))
+    np.testing.assert_array_equal(logits, raw)  # the op edits its rows in place and restores them
     want = reference_top_tokens(logits, inputs, k)
     np.testing.assert_array_equal(ids, want.ids)
     np.testing.assert_array_equal(top, want.logits)

@@ -1087,7 +1087,9 @@ static OrtStatus *create_linear(const OrtKernelInfo *info, void **out) {
  * (service/sampling/columns.py TokenEdits): edit_rows [E] (ascending), edit_tokens [E], edit_factors
  * [E, 3] (bias, divisor, subtract); attribute k. Each row is first edited: logit x of an edited token
  * becomes v = x + bias, v / divisor if v > 0 else v · divisor, then v − subtract (float32, rounded at
- * each step as numpy does). Outputs, of the edited row:
+ * each step as numpy does). The edits are written into the logits and undone before the op returns
+ * (edit_row says why), so its logits must be writable and read by nothing else meanwhile: in the decode
+ * graph the head is their only consumer. Outputs, of the edited row:
  *   top_ids [R, k] int64, top_logits [R, k]: the row's first k tokens in the order (logit descending, id
  *     ascending), so every other token's logit is at most the last one's; −1 / −inf pad a row with fewer
  *     than k logits above −inf.
@@ -1123,16 +1125,21 @@ static void edit_span(const HeadJob *job, int64_t row, int64_t *first, int64_t *
     while (*end < job->edits && job->edit_rows[*end] == row) ++*end;
 }
 
-/* out = the row x with entries [first, end) applied. */
-static void edited_row(const HeadJob *job, const float *x, int64_t first, int64_t end, float *out) {
-    memcpy(out, x, (size_t)job->vocab * sizeof(float));
+/* Apply entries [first, end) to row x in place, keeping the raw values in `saved` (restore_row undoes it).
+ * In place rather than on a copy: a copy of the row costs more than the rest of an edited row's work, and
+ * the logits are this op's alone while it runs (it is their only reader; each task touches only its row). */
+static void edit_row(const HeadJob *job, float *x, int64_t first, int64_t end, float *saved) {
+    for (int64_t e = first; e < end; e++) saved[e - first] = x[job->edit_tokens[e]];
     for (int64_t e = first; e < end; e++) {
-        const int64_t token = job->edit_tokens[e];
         const float *f = job->edit_factors + 3 * e;
-        const float biased = x[token] + f[0];
+        const float biased = saved[e - first] + f[0];
         volatile float scaled = biased > 0.0f ? biased / f[1] : biased * f[1];  // volatile: no fused a·b − c
-        out[token] = scaled - f[2];
+        x[job->edit_tokens[e]] = scaled - f[2];
     }
+}
+
+static void restore_row(const HeadJob *job, float *x, int64_t first, int64_t end, const float *saved) {
+    for (int64_t e = end - 1; e >= first; e--) x[job->edit_tokens[e]] = saved[e - first];
 }
 
 /* The k-th largest of values[0, n) (1 ≤ k ≤ n, no NaN): quickselect on a copy in `work`. */
@@ -1293,17 +1300,15 @@ static void head_task(void *user, size_t row) {
     double *masses = job->masses + 2 * row;
     int64_t first, end;
     edit_span(job, (int64_t)row, &first, &end);
-    // values, ids (int32 in float storage), work, block data; then the edited row, if it has edits
-    float *buffer = scratch(4 * HEAD_BUFFER + (end > first ? (size_t)V : 0));
+    // values, ids (int32 in float storage), work, block data; then the raw values of the edited tokens
+    float *buffer = scratch(4 * HEAD_BUFFER + (size_t)(end - first));
     if (buffer == NULL) {  // out of memory: report the row as unusable rather than guess
         masses[0] = masses[1] = NAN;
         for (int64_t j = 0; j < k; j++) out_ids[j] = -1, out_top[j] = -INFINITY;
         return;
     }
-    if (end > first) {
-        edited_row(job, x, first, end, buffer + 4 * HEAD_BUFFER);
-        x = buffer + 4 * HEAD_BUFFER;
-    }
+    float *saved = buffer + 4 * HEAD_BUFFER;
+    edit_row(job, (float *)x, first, end, saved);
     Selection sel = {.values = buffer, .ids = (int32_t *)(buffer + HEAD_BUFFER), .work = buffer + 2 * HEAD_BUFFER,
                      .k = k, .threshold = -INFINITY};
     float *maxima = buffer + 3 * HEAD_BUFFER, *sums = sel.values;  // 2k ≤ HEAD_BUFFER / 2 blocks
@@ -1356,6 +1361,7 @@ static void head_task(void *user, size_t row) {
         out_ids[j] = j < n ? ids[j] : -1;
         out_top[j] = j < n ? values[j] : -INFINITY;
     }
+    restore_row(job, (float *)x, first, end, saved);
 }
 
 static OrtStatus *head_compute(void *state, OrtKernelContext *ctx) {
