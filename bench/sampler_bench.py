@@ -60,7 +60,7 @@ from service.sampling.draw import (
 from service.sampling.top import TOP_TOKENS, TopTokens
 
 VOCAB = 49152
-DECODE_STEP_MS = 12.8  # the int4 graph's batch-8 decode step (bench/results/latest.md, 2026-11-22 07:58)
+DECODE_STEP_MS = 14.8  # the int4 graph's batch-8 decode step (bench/results/latest.md, 2026-11-22 09:01)
 BENCH_MIXES = ("greedy", "temperature 0.8", "top_p 0.9", "mixed")  # what `make bench` reports
 PROMPT_TOKENS = 300
 
@@ -162,7 +162,7 @@ def bench_mix(
     *,
     time_head: bool = False,
 ) -> tuple[list[float], list[float]]:
-    """Per-step milliseconds: (sample alone, build_columns + head scales + sample + record_step, and
+    """Per-step milliseconds: (sample alone, build_columns + sample + record_step, and
     the head op's own run when time_head)."""
     sequences = _sequences(make, batch)
     sample_ms, total_ms = [], []
@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"sampler per decode step, V={VOCAB}, {source}, best of {args.rounds} rounds of {args.steps} steps")
     print(f"{with_head} the sampling head; milliseconds: median (p90)")
     op = " + the head op alone" if args.with_head_op else ""
-    print(f"bookkeeping = build_columns (with the head's scales) + sample + record_step{op}")
+    print(f"bookkeeping = build_columns (with the head's inputs) + sample + record_step{op}")
     print(f"{'parameters':24s} {'batch':>5s} {'sample':>15s} {'with bookkeeping':>18s} {'% of step':>10s}")
     for name, make in MIXES.items():
         for batch in args.batch:

@@ -3,7 +3,8 @@
 The engine keeps one `SequenceSampling` per running sequence. Each step it calls
 `build_columns(sequences)` (which draws each sampled row's uniform from that sequence's own generator),
 runs `sample(logits, columns)`, then `record_step(sequences, tokens)`. Nothing here is O(V) per step:
-a sequence's logit_bias and penalties are entries (SequenceEdits) that a generated token updates in O(1).
+a sequence's logit_bias, penalties and suppressed tokens are entries (SequenceEdits) that a generated
+token updates in O(1).
 """
 
 from __future__ import annotations
@@ -44,9 +45,7 @@ class SequenceEdits:
         self._logit_bias = params.logit_bias
         history = np.unique(np.asarray(prompt_ids, np.int64)) if self._penalised else _EMPTY_IDS
         seen = set(history.tolist())
-        tokens = history.tolist()
-        for token in sorted({*self._logit_bias, *suppressed} - seen):
-            tokens.append(token)
+        tokens = [*history.tolist(), *sorted({*self._logit_bias, *suppressed} - seen)]
         self._position = {token: i for i, token in enumerate(tokens)}
         self.size = len(tokens)
         capacity = max(64, 2 * self.size)
@@ -109,7 +108,8 @@ class SequenceEdits:
 
 class SequenceSampling:
     """What one sequence needs for sampling: its validated params, its generator, tokens generated so
-    far, its penalty history (only when a penalty is on) and the token ids it may not emit yet.
+    far and its edits (SequenceEdits: bias, penalty history and the token ids it may not emit yet;
+    None when it has none).
 
     `end_token_ids` are the model's end-of-sequence tokens (the model card's stop token ids): never
     sampled under ignore_eos; with the request's stop_token_ids, not sampled before min_tokens.
@@ -127,7 +127,7 @@ class SequenceSampling:
         self.generated = 0
         ends = set(end_token_ids)
         always = ends if params.ignore_eos else set()
-        # lifted once min_tokens tokens exist
+        # suppressed until min_tokens tokens exist
         self._until_min_tokens = sorted({*ends, *params.stop_token_ids} - always) if params.min_tokens else []
         suppressed = {*always, *self._until_min_tokens}
         self._only_suppression = not (params.needs_penalties or params.logit_bias or always)
