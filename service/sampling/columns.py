@@ -161,10 +161,6 @@ class SamplingColumns:
         return self.parameters.top_logprobs
 
     @property
-    def inverse_temperature(self) -> FloatArray:
-        return self.parameters.inverse_temperature
-
-    @property
     def head_scales(self) -> FloatArray:
         return self.parameters.head_scales
 

@@ -9,7 +9,10 @@ here, as much as everything else a greedy row does.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
+from numpy.typing import NDArray
 
 from service.sampling.columns import FloatArray, TokenEdits
 
@@ -20,8 +23,12 @@ class EditedRows:
 
     def __init__(self, logits: FloatArray, edits: TokenEdits) -> None:
         self.logits, self.edits = logits, edits
-        self.edited_rows = np.bincount(edits.rows, minlength=logits.shape[0]).astype(np.bool_)
         self._buffer: FloatArray | None = None
+
+    @cached_property  # only fallbacks and logprobs ask: most steps with the sampling head never do
+    def edited_rows(self) -> NDArray[np.bool_]:
+        edited: NDArray[np.bool_] = np.bincount(self.edits.rows, minlength=self.logits.shape[0]) > 0
+        return edited
 
     def __getitem__(self, row: int) -> FloatArray:
         raw: FloatArray = self.logits[row]

@@ -73,7 +73,7 @@ def sample(
 ) -> SampledTokens:
     """Pick one token per row of logits (B, V) float32. `logits` is not modified.
 
-    `top` is the graph's sampling head for these logits, computed at columns.head_scales (see top.py):
+    `top` is the graph's sampling head for these logits, computed for columns.head (see top.py):
     rows it can decide never read their whole row. `levels` are draw.py's candidate levels; () sends
     every truncated row through the whole-row path.
     """
